@@ -1,0 +1,438 @@
+//! The real storage: files in one directory, written through io_uring.
+//!
+//! Each thread that writes gets its own ring (created on first use), so the group-commit
+//! writer, compaction and tests never contend for a lock. A batch is submitted as several
+//! write SQEs (so the device sees parallel requests) followed by an `IORING_FSYNC_DATASYNC`
+//! SQE flagged `IO_DRAIN`, which the kernel starts only after every earlier SQE completed:
+//! write and sync cost one system call, and the caller overlaps the next batch's preparation
+//! with the device. Reads of sealed segments go through `mmap`; other reads use `pread`.
+
+use super::{AlignedBuf, Mapping, PendingState, PendingWrite, Storage, StorageFile};
+use io_uring::{opcode, squeue, types, IoUring};
+use std::cell::{Cell, RefCell};
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Entries of each per-thread submission queue.
+const RING_ENTRIES: u32 = 64;
+/// Largest single write SQE; larger batches are split so the device works on several at once.
+const WRITE_SQE_BYTES_MIN: usize = 1 << 20;
+/// At most this many write SQEs per batch (one more for the fsync).
+const WRITE_SQES_PER_BATCH_MAX: usize = 32;
+const USER_DATA_FSYNC: u64 = u64::MAX;
+
+thread_local! {
+    static RING: RefCell<Option<IoUring>> = const { RefCell::new(None) };
+    /// Set while a `begin_write` of this thread is in flight: its completions must not be
+    /// reaped by anyone else, so other calls fall back to plain system calls meanwhile.
+    static OUTSTANDING: Cell<bool> = const { Cell::new(false) };
+}
+
+fn with_ring<R>(f: impl FnOnce(&mut IoUring) -> io::Result<R>) -> io::Result<R> {
+    RING.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(IoUring::new(RING_ENTRIES)?);
+        }
+        match slot.as_mut() {
+            Some(ring) => f(ring),
+            None => Err(io::Error::other("io_uring unavailable")),
+        }
+    })
+}
+
+fn submit_and_wait(ring: &mut IoUring, want: usize) -> io::Result<()> {
+    loop {
+        match ring.submit_and_wait(want) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn cqe_result(res: i32) -> io::Result<usize> {
+    if res < 0 {
+        Err(io::Error::from_raw_os_error(-res))
+    } else {
+        Ok(res as usize)
+    }
+}
+
+/// Pushes one SQE and waits for its completion. Only used when no batch is outstanding.
+fn run_one(entry: squeue::Entry) -> io::Result<usize> {
+    with_ring(|ring| {
+        // SAFETY: the buffers referenced by `entry` belong to the caller, who blocks here
+        // until the kernel reports completion below, so they outlive the operation.
+        unsafe { ring.submission().push(&entry) }
+            .map_err(|_| io::Error::other("io_uring submission queue full"))?;
+        submit_and_wait(ring, 1)?;
+        let cqe = ring
+            .completion()
+            .next()
+            .ok_or_else(|| io::Error::other("io_uring completion missing"))?;
+        cqe_result(cqe.result())
+    })
+}
+
+/// A directory on a local file system, locked against a second process.
+pub struct UringStorage {
+    dir: PathBuf,
+    dir_file: File,
+    direct_io: bool,
+    _lock: File,
+}
+
+impl UringStorage {
+    /// Opens (creating if needed) `dir`. With `direct_io`, segment writes bypass the page cache
+    /// (`O_DIRECT`) and must be 4096-aligned; see `docs/format.md` for why that is the default.
+    pub fn open(dir: &Path, direct_io: bool) -> io::Result<Self> {
+        fs::create_dir_all(dir)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(dir.join("LOCK"))?;
+        // SAFETY: flock on a valid, owned descriptor has no memory-safety requirements.
+        let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("{} is locked by another process ({err})", dir.display()),
+            ));
+        }
+        let dir_file = File::open(dir)?;
+        Ok(UringStorage {
+            dir: dir.to_path_buf(),
+            dir_file,
+            direct_io,
+            _lock: lock,
+        })
+    }
+
+    fn open_file(&self, name: &str, create: bool) -> io::Result<Box<dyn StorageFile>> {
+        let path = self.dir.join(name);
+        let mut options = OpenOptions::new();
+        options.read(true).write(true);
+        if create {
+            options.create_new(true);
+        }
+        if self.direct_io {
+            options.custom_flags(libc::O_DIRECT);
+        }
+        let write_fd = options.open(&path)?;
+        let read_fd = File::open(&path)?;
+        Ok(Box::new(UringFile {
+            name: name.to_string(),
+            write_fd,
+            read_fd,
+        }))
+    }
+}
+
+impl Storage for UringStorage {
+    fn create(&self, name: &str) -> io::Result<Box<dyn StorageFile>> {
+        self.open_file(name, true)
+    }
+
+    fn open(&self, name: &str) -> io::Result<Box<dyn StorageFile>> {
+        self.open_file(name, false)
+    }
+
+    fn list(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                if let Some(name) = entry.file_name().to_str() {
+                    names.push(name.to_string());
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        fs::rename(self.dir.join(from), self.dir.join(to))
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        fs::remove_file(self.dir.join(name))
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        self.dir_file.sync_all()
+    }
+
+    fn write_alignment_bytes(&self) -> usize {
+        if self.direct_io {
+            super::aligned::BUFFER_ALIGNMENT_BYTES
+        } else {
+            1
+        }
+    }
+}
+
+struct UringFile {
+    name: String,
+    /// Opened with `O_DIRECT` when the storage uses direct I/O.
+    write_fd: File,
+    /// Always buffered: reads and mmap never need alignment.
+    read_fd: File,
+}
+
+impl StorageFile for UringFile {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.read_fd.metadata()?.len())
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.read_fd.read_exact_at(buf, offset)
+    }
+
+    fn map(&self) -> io::Result<Mapping> {
+        if self.len()? == 0 {
+            return Ok(Mapping::new(Arc::new(Vec::<u8>::new())));
+        }
+        // SAFETY: the engine maps only files it no longer writes (sealed segments) or files
+        // no writer has open yet (recovery); nobody truncates a mapped file while it is mapped
+        // (segments are removed by unlink, which keeps the pages alive).
+        let map = unsafe { memmap2::Mmap::map(&self.read_fd)? };
+        Ok(Mapping::new(Arc::new(map)))
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
+        if OUTSTANDING.with(Cell::get) {
+            return self.write_fd.write_at(buf, offset);
+        }
+        let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+        let entry = opcode::Write::new(types::Fd(self.write_fd.as_raw_fd()), buf.as_ptr(), len)
+            .offset(offset)
+            .build();
+        run_one(entry)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        if OUTSTANDING.with(Cell::get) {
+            return self.write_fd.sync_data();
+        }
+        let entry = opcode::Fsync::new(types::Fd(self.write_fd.as_raw_fd()))
+            .flags(types::FsyncFlags::DATASYNC)
+            .build();
+        run_one(entry).map(|_| ())
+    }
+
+    fn allocate(&self, len_bytes: u64) -> io::Result<()> {
+        let len = i64::try_from(len_bytes)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "length too large"))?;
+        // SAFETY: fallocate on an owned descriptor; no pointers involved.
+        let rc = unsafe { libc::fallocate(self.write_fd.as_raw_fd(), 0, 0, len) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn set_len(&self, len_bytes: u64) -> io::Result<()> {
+        self.write_fd.set_len(len_bytes)
+    }
+
+    fn begin_write(&self, buf: AlignedBuf, offset: u64, sync: bool) -> PendingWrite {
+        if OUTSTANDING.with(Cell::get) {
+            // A second batch on the same thread: do it synchronously rather than mix
+            // completions.
+            let result = self.write_fd.write_all_at(&buf, offset).and_then(|()| {
+                if sync {
+                    self.write_fd.sync_data()
+                } else {
+                    Ok(())
+                }
+            });
+            return PendingWrite::ready(buf, result);
+        }
+        let fd = self.write_fd.as_raw_fd();
+        let piece_bytes = buf
+            .len()
+            .div_ceil(WRITE_SQES_PER_BATCH_MAX)
+            .max(WRITE_SQE_BYTES_MIN)
+            .next_multiple_of(super::aligned::BUFFER_ALIGNMENT_BYTES);
+        let pieces: Vec<(usize, usize)> = (0..buf.len())
+            .step_by(piece_bytes.max(1))
+            .map(|start| (start, piece_bytes.min(buf.len() - start)))
+            .collect();
+        let submitted = with_ring(|ring| {
+            let mut queued = 0usize;
+            for (index, &(start, len)) in pieces.iter().enumerate() {
+                let entry = opcode::Write::new(
+                    types::Fd(fd),
+                    // SAFETY: start < buf.len(), so the pointer stays inside the allocation.
+                    unsafe { buf.as_ptr().add(start) },
+                    len as u32,
+                )
+                .offset(offset + start as u64)
+                .build()
+                .user_data(index as u64);
+                // SAFETY: `buf` moves into UringPending, whose wait (or Drop) blocks until
+                // every SQE pushed here has completed, so the memory outlives the kernel's use.
+                if unsafe { ring.submission().push(&entry) }.is_err() {
+                    break;
+                }
+                queued += 1;
+            }
+            if sync && queued == pieces.len() {
+                let entry = opcode::Fsync::new(types::Fd(fd))
+                    .flags(types::FsyncFlags::DATASYNC)
+                    .build()
+                    .flags(squeue::Flags::IO_DRAIN)
+                    .user_data(USER_DATA_FSYNC);
+                // SAFETY: no buffers are involved in an fsync.
+                if unsafe { ring.submission().push(&entry) }.is_ok() {
+                    queued += 1;
+                }
+            }
+            loop {
+                match ring.submit() {
+                    Ok(_) => break,
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                    Err(e) => {
+                        // The SQEs stay queued; `reap` submits them again and waits, so the
+                        // buffer is never freed while the kernel may still use it.
+                        return Ok(Err((e, queued)));
+                    }
+                }
+            }
+            Ok(Ok(queued))
+        });
+        let (queued, error) = match submitted {
+            Ok(Ok(queued)) => (queued, None),
+            Ok(Err((e, queued))) => (queued, Some(e)),
+            Err(e) => (0, Some(e)),
+        };
+        OUTSTANDING.with(|c| c.set(queued > 0));
+        PendingWrite {
+            state: PendingState::Uring(UringPending {
+                buf: Some(buf),
+                fd,
+                write_fd: self.write_fd.try_clone().ok(),
+                offset,
+                pieces,
+                sync,
+                queued,
+                submit_error: error,
+            }),
+        }
+    }
+}
+
+/// An io_uring batch in flight on the current thread.
+pub(crate) struct UringPending {
+    buf: Option<AlignedBuf>,
+    fd: i32,
+    write_fd: Option<File>,
+    offset: u64,
+    pieces: Vec<(usize, usize)>,
+    sync: bool,
+    queued: usize,
+    submit_error: Option<io::Error>,
+}
+
+impl UringPending {
+    /// Reaps every completion of this batch, finishes short writes synchronously, and returns.
+    fn reap(&mut self) -> io::Result<()> {
+        let mut written = vec![0usize; self.pieces.len()];
+        let mut first_error: Option<io::Error> = self.submit_error.take();
+        let mut sync_done = false;
+        let mut remaining = self.queued;
+        if remaining > 0 {
+            let reaped = with_ring(|ring| {
+                while remaining > 0 {
+                    submit_and_wait(ring, 1)?;
+                    for cqe in ring.completion() {
+                        remaining = remaining.saturating_sub(1);
+                        let result = cqe_result(cqe.result());
+                        if cqe.user_data() == USER_DATA_FSYNC {
+                            match result {
+                                Ok(_) => sync_done = true,
+                                Err(e) => {
+                                    first_error.get_or_insert(e);
+                                }
+                            }
+                        } else if let Some(slot) = written.get_mut(cqe.user_data() as usize) {
+                            match result {
+                                Ok(n) => *slot = n,
+                                Err(e) => {
+                                    first_error.get_or_insert(e);
+                                }
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            });
+            if let Err(e) = reaped {
+                // The ring itself failed: drop it so no stale SQE is ever submitted later.
+                RING.with(|cell| cell.borrow_mut().take());
+                first_error.get_or_insert(e);
+            }
+        }
+        self.queued = 0;
+        OUTSTANDING.with(|c| c.set(false));
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        let Some(buf) = self.buf.as_ref() else {
+            return Err(io::Error::other("batch buffer missing"));
+        };
+        // Short writes (and pieces the full queue did not take): finish them synchronously.
+        let mut finished_late = false;
+        for (&(start, len), &done) in self.pieces.iter().zip(&written) {
+            if done < len {
+                finished_late = true;
+                let file = self
+                    .write_fd
+                    .as_ref()
+                    .ok_or_else(|| io::Error::other("descriptor clone failed"))?;
+                file.write_all_at(
+                    &buf[start + done..start + len],
+                    self.offset + (start + done) as u64,
+                )?;
+            }
+        }
+        if self.sync && (finished_late || !sync_done) {
+            let rc = {
+                // SAFETY: fdatasync on a descriptor owned by the file this batch belongs to.
+                unsafe { libc::fdatasync(self.fd) }
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn wait(mut self) -> (AlignedBuf, io::Result<()>) {
+        let result = self.reap();
+        let buf = self.buf.take().unwrap_or_else(|| AlignedBuf::with_capacity(0));
+        (buf, result)
+    }
+}
+
+impl Drop for UringPending {
+    fn drop(&mut self) {
+        if self.queued > 0 {
+            // The kernel may still be reading `buf`: never free it before completion.
+            let _ = self.reap();
+        }
+    }
+}
