@@ -1,3 +1,30 @@
+//! # Kuvasto engine
+//!
+//! An append-only, checksummed segment store for a national medical imaging archive: objects
+//! (DICOM instances, their metadata, documents, audit entries) go in as streams and come back
+//! by key, byte for byte, for decades.
+//!
+//! - [`store::Store`] is the one facade: `put`/`put_stream`, `get` (with verified range reads),
+//!   `delete`, `compact`.
+//! - [`segment`] holds the on-disk format (`docs/format.md`), the group-commit writer, the
+//!   reader, crash recovery and compaction.
+//! - [`io`] is the storage seam: io_uring on real files, an in-memory disk that can crash, and
+//!   deterministic fault injection.
+//! - [`index`] maps keys to records.
+//!
+//! Invariants: the engine never touches the network; a put is acknowledged only after its
+//! bytes and the record that makes them findable are durable (`fdatasync`); no byte is served
+//! without passing its checksum; after a failed write or sync the store refuses writes.
+
 pub mod error;
+pub mod index;
 pub mod io;
 pub mod segment;
+pub mod store;
+
+pub use error::{Error, Result};
+pub use segment::compaction::{CompactOptions, CompactionReport};
+pub use segment::format::Namespace;
+pub use segment::reader::Object;
+pub use segment::recovery::{CorruptionFound, RecoveryReport};
+pub use store::{Committed, PutStream, Store, StoreConfig, StoreStats};

@@ -1,1 +1,3 @@
+//! Kuvasto's integration tests, one binary (see `tests/README.md` for what each module proves).
 
+mod basic;

@@ -52,7 +52,7 @@ pub struct Scan {
     pub directory_at: Option<u64>,
 }
 
-fn check_record(bytes: &[u8], segment_id: u64, offset: u64) -> Result<ScannedRecord, RecordError> {
+pub fn check_record(bytes: &[u8], segment_id: u64, offset: u64) -> Result<ScannedRecord, RecordError> {
     let at = offset as usize;
     let available = bytes.len().saturating_sub(at) as u64;
     let header = RecordHeader::parse(&bytes[at.min(bytes.len())..], segment_id, offset)?;

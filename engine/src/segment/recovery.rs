@@ -1,0 +1,295 @@
+//! Opening a store directory: rebuild the index, finish interrupted seals, cut torn tails.
+//!
+//! - Sealed segments are trusted through their trailer and directory record (both
+//!   checksummed); their records are not scanned. A damaged directory is rebuilt by a salvage
+//!   scan, and every damaged place is reported.
+//! - Unsealed segments are scanned record by record. Damage followed by valid records no
+//!   further than [`TORN_WINDOW_BYTES`] is a torn tail (the batch in flight at a crash, never
+//!   acknowledged): it is cut, and the segment continues after a padding record. Valid records
+//!   further beyond damage mean the damage is not a torn write: it is reported as corruption
+//!   and the segment is sealed with every valid record kept.
+//! - Leftover compaction outputs (`*.kvs.tmp`) were never switched to and are removed.
+
+use super::format::{
+    decode_directory, parse_segment_file_name, DirEntry, RecordKind, SegmentHeader, Trailer,
+    PAGE_BYTES, SEGMENT_HEADER_BYTES, TORN_WINDOW_BYTES, TRAILER_BYTES,
+};
+use super::lifecycle::{pad_to_page, seal_segment};
+use super::reader::SegmentHandle;
+use super::scan::{check_record, scan_records, ScannedRecord};
+use super::writer::ActiveStart;
+use crate::error::{Error, Result};
+use crate::index::{Entry, Locator};
+use crate::io::{Mapping, Storage};
+use std::sync::Arc;
+
+/// A damaged place found while opening.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorruptionFound {
+    pub segment_id: u64,
+    pub offset: u64,
+    pub reason: String,
+}
+
+impl std::fmt::Display for CorruptionFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "segment {} offset {}: {}",
+            self.segment_id, self.offset, self.reason
+        )
+    }
+}
+
+/// What opening the store found and did.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryReport {
+    /// Sealed segments loaded from their directories.
+    pub sealed_loaded: usize,
+    /// Unsealed segments scanned.
+    pub scanned: usize,
+    /// Records found by scanning.
+    pub records_scanned: usize,
+    /// Torn tails cut: (segment, offset where the damage started).
+    pub torn_tails: Vec<(u64, u64)>,
+    /// Segments sealed (or re-sealed) while opening.
+    pub sealed_now: Vec<u64>,
+    /// Unfinished compaction outputs removed.
+    pub temp_files_removed: Vec<String>,
+    /// Damage that is not a torn tail. Never served; an operator must look.
+    pub corruption: Vec<CorruptionFound>,
+}
+
+pub(crate) struct Recovered {
+    pub segments: Vec<Arc<SegmentHandle>>,
+    pub index: Locator,
+    pub active: Option<ActiveStart>,
+    pub seq_next: u64,
+    pub next_segment_id: u64,
+    pub report: RecoveryReport,
+}
+
+struct Unsealed {
+    handle: Arc<SegmentHandle>,
+    map: Mapping,
+    records: Vec<ScannedRecord>,
+    valid_end: u64,
+    /// Must be sealed now (damaged, or a directory was already written).
+    must_seal: bool,
+    /// Offset of an already written directory record (a seal whose trailer was lost).
+    directory_at: Option<u64>,
+}
+
+fn entries_of(records: &[ScannedRecord]) -> Vec<DirEntry> {
+    records.iter().filter_map(ScannedRecord::dir_entry).collect()
+}
+
+/// Loads a sealed segment's directory; `Err` says why it cannot be trusted.
+fn load_directory(map: &[u8], id: u64, trailer: &Trailer) -> std::result::Result<Vec<DirEntry>, String> {
+    let record = check_record(map, id, trailer.directory_offset).map_err(|e| e.to_string())?;
+    if record.header.kind != RecordKind::Directory
+        || record.header.record_len() != trailer.directory_len
+    {
+        return Err("directory record does not match the trailer".into());
+    }
+    let start = (trailer.directory_offset + record.header.body_offset()) as usize;
+    let body = &map[start..start + record.header.body_len as usize];
+    decode_directory(body, trailer.entry_count)
+}
+
+pub(crate) fn recover(
+    storage: &dyn Storage,
+    segment_size_bytes_max: u64,
+) -> Result<Recovered> {
+    let mut report = RecoveryReport::default();
+    let names = storage
+        .list()
+        .map_err(|e| Error::io("list", "data directory", e))?;
+    let mut ids = Vec::new();
+    let mut max_id = 0u64;
+    for name in &names {
+        if let Some(id) = parse_segment_file_name(name) {
+            ids.push((id, name.clone()));
+            max_id = max_id.max(id);
+        } else if let Some(base) = name.strip_suffix(".tmp") {
+            if let Some(id) = parse_segment_file_name(base) {
+                max_id = max_id.max(id);
+            }
+            storage
+                .remove(name)
+                .map_err(|e| Error::io("remove", name.as_str(), e))?;
+            report.temp_files_removed.push(name.clone());
+        }
+    }
+    if !report.temp_files_removed.is_empty() {
+        storage
+            .sync_dir()
+            .map_err(|e| Error::io("fsync directory", "data directory", e))?;
+    }
+    ids.sort();
+
+    let mut segments = Vec::new();
+    let mut index = Locator::default();
+    let mut seq_max = 0u64;
+    let mut unsealed: Vec<Unsealed> = Vec::new();
+
+    for (id, name) in ids {
+        let file = storage.open(&name).map_err(|e| Error::io("open", name.as_str(), e))?;
+        let map = file.map().map_err(|e| Error::io("mmap", name.as_str(), e))?;
+        let len = map.len() as u64;
+        let handle = Arc::new(SegmentHandle::new(id, file));
+        match SegmentHeader::decode(&map) {
+            Ok(h) if h.segment_id == id => {}
+            Ok(h) => report.corruption.push(CorruptionFound {
+                segment_id: id,
+                offset: 0,
+                reason: format!("segment header names segment {}", h.segment_id),
+            }),
+            Err(reason) => report.corruption.push(CorruptionFound {
+                segment_id: id,
+                offset: 0,
+                reason,
+            }),
+        }
+        let trailer = if len >= SEGMENT_HEADER_BYTES + TRAILER_BYTES {
+            Trailer::decode(&map[(len - TRAILER_BYTES) as usize..], id, len)
+        } else {
+            Ok(None)
+        };
+        match trailer {
+            Ok(Some(trailer)) => {
+                let entries = match load_directory(&map, id, &trailer) {
+                    Ok(entries) => entries,
+                    Err(reason) => {
+                        report.corruption.push(CorruptionFound {
+                            segment_id: id,
+                            offset: trailer.directory_offset,
+                            reason: format!("directory unusable ({reason}); rebuilt by scanning"),
+                        });
+                        let scan = scan_records(&map, id, trailer.records_end);
+                        report.records_scanned += scan.records.len();
+                        for damage in scan.damage {
+                            report.corruption.push(CorruptionFound {
+                                segment_id: id,
+                                offset: damage.offset,
+                                reason: damage.reason,
+                            });
+                        }
+                        entries_of(&scan.records)
+                    }
+                };
+                for e in &entries {
+                    seq_max = seq_max.max(e.seq);
+                    index.apply(e.namespace, &e.key, Entry::from_dir(id, e));
+                }
+                handle.set_sealed(map);
+                report.sealed_loaded += 1;
+            }
+            Ok(None) | Err(_) => {
+                let trailer_damage = trailer.err();
+                report.scanned += 1;
+                let scan = scan_records(&map, id, len);
+                report.records_scanned += scan.records.len();
+                for r in &scan.records {
+                    seq_max = seq_max.max(r.header.seq);
+                }
+                let mut records = scan.records;
+                let mut must_seal = scan.directory_at.is_some();
+                let mut valid_end = scan.valid_end;
+                if let Some(first) = scan.damage.first() {
+                    let damage_start = first.offset;
+                    let beyond = damage_start + TORN_WINDOW_BYTES;
+                    let far = records.iter().any(|r| r.header.offset >= beyond)
+                        || scan.damage.iter().any(|d| d.offset >= beyond);
+                    if far || scan.directory_at.is_some() {
+                        for damage in &scan.damage {
+                            report.corruption.push(CorruptionFound {
+                                segment_id: id,
+                                offset: damage.offset,
+                                reason: damage.reason.clone(),
+                            });
+                        }
+                        valid_end = records
+                            .iter()
+                            .map(|r| r.header.offset + r.header.record_len())
+                            .max()
+                            .unwrap_or(SEGMENT_HEADER_BYTES)
+                            .max(valid_end);
+                        must_seal = true;
+                    } else {
+                        records.retain(|r| r.header.offset < damage_start);
+                        report.torn_tails.push((id, damage_start));
+                    }
+                }
+                if let (Some(reason), None) = (trailer_damage, scan.directory_at) {
+                    report.corruption.push(CorruptionFound {
+                        segment_id: id,
+                        offset: len - TRAILER_BYTES,
+                        reason: format!("{reason}; segment treated as unsealed"),
+                    });
+                    must_seal = true;
+                }
+                unsealed.push(Unsealed {
+                    handle: handle.clone(),
+                    map,
+                    records,
+                    valid_end,
+                    must_seal,
+                    directory_at: scan.directory_at,
+                });
+            }
+        }
+        segments.push(handle);
+    }
+
+    // The newest unsealed segment continues as the active one; any other is sealed now.
+    let active_id = unsealed
+        .iter()
+        .filter(|u| !u.must_seal)
+        .map(|u| u.handle.id)
+        .max();
+    let mut active = None;
+    for u in unsealed {
+        let entries = entries_of(&u.records);
+        for e in &entries {
+            index.apply(e.namespace, &e.key, Entry::from_dir(u.handle.id, e));
+        }
+        let file = u.handle.file.as_ref();
+        let name = file.name().to_string();
+        let page_start = u.valid_end - u.valid_end % PAGE_BYTES;
+        let prefix = &u.map[page_start as usize..u.valid_end as usize];
+        if Some(u.handle.id) == active_id {
+            let write_offset = pad_to_page(file, u.handle.id, u.valid_end, prefix)?;
+            // Nothing stale may remain past the new end: a later scan must not resurrect it.
+            file.set_len(write_offset)
+                .map_err(|e| Error::io("truncate", name.as_str(), e))?;
+            file.allocate(segment_size_bytes_max.max(write_offset + 2 * PAGE_BYTES))
+                .map_err(|e| Error::io("fallocate", name.as_str(), e))?;
+            file.sync_data()
+                .map_err(|e| Error::io("fdatasync", name.as_str(), e))?;
+            active = Some(ActiveStart {
+                segment: u.handle.clone(),
+                write_offset,
+                directory: entries,
+            });
+        } else {
+            let records_end = match u.directory_at {
+                Some(at) => at,
+                None => pad_to_page(file, u.handle.id, u.valid_end, prefix)?,
+            };
+            seal_segment(file, u.handle.id, records_end, &entries)?;
+            let map = file.map().map_err(|e| Error::io("mmap", name.as_str(), e))?;
+            u.handle.set_sealed(map);
+            report.sealed_now.push(u.handle.id);
+        }
+    }
+
+    Ok(Recovered {
+        segments,
+        index,
+        active,
+        seq_next: seq_max + 1,
+        next_segment_id: max_id + 1,
+        report,
+    })
+}

@@ -1,0 +1,509 @@
+//! [`Store`]: the one facade over segments, the writer and the index.
+
+use crate::error::{Error, Result};
+use crate::index::Locator;
+use crate::io::uring::UringStorage;
+use crate::io::Storage;
+use crate::segment::compaction::{self, CompactOptions, CompactionReport};
+use crate::segment::format::{
+    block_crcs, encode_manifest, ChunkRef, Namespace, RecordHeader, RecordKind, BATCH_BYTES_LIMIT,
+    KEY_BYTES_MAX, MANIFEST_FIXED_BYTES, PAGE_BYTES,
+};
+use crate::segment::reader::{Object, SegmentHandle};
+use crate::segment::recovery::{recover, RecoveryReport};
+use crate::segment::writer::{Append, Msg, Reply, Writer};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, SyncSender};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::thread::JoinHandle;
+
+/// Tunables, with the defaults an archive node runs with. Every queue and buffer is bounded by
+/// one of these.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// A segment is sealed when its records reach this size (it is preallocated to it).
+    pub segment_size_bytes_max: u64,
+    /// Memory one streaming put holds; also the largest record body (a chunk).
+    pub put_buffer_bytes: usize,
+    /// The writer submits a batch once it holds this many bytes (or when no put is waiting).
+    pub batch_bytes_max: usize,
+    /// Appends waiting for the writer, at most.
+    pub requests_queued_max: usize,
+    /// Write segments with `O_DIRECT` (for [`Store::open`]; see `docs/format.md`).
+    pub direct_io: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            segment_size_bytes_max: 1 << 30,
+            put_buffer_bytes: 4 << 20,
+            batch_bytes_max: 8 << 20,
+            requests_queued_max: 256,
+            direct_io: true,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The largest record any put can produce (a full chunk with the longest key).
+    pub fn record_bytes_max(&self) -> u64 {
+        RecordHeader {
+            kind: RecordKind::Chunk,
+            namespace: Namespace::OBJECT,
+            key_len: KEY_BYTES_MAX as u16,
+            body_len: self.put_buffer_bytes as u64,
+            segment_id: 0,
+            offset: 0,
+            seq: 0,
+            generation: 0,
+            flags: 0,
+        }
+        .record_len()
+    }
+
+    /// The largest object a streaming put accepts: its manifest must fit one record body.
+    pub fn object_bytes_max(&self) -> u64 {
+        let chunks_max = (self.put_buffer_bytes - MANIFEST_FIXED_BYTES) / 24;
+        chunks_max as u64 * self.put_buffer_bytes as u64
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |why: String| Err(Error::InvalidArgument(why));
+        if self.put_buffer_bytes < 4096 || self.put_buffer_bytes % 4096 != 0 {
+            return bad(format!(
+                "put_buffer_bytes {} must be a multiple of 4096",
+                self.put_buffer_bytes
+            ));
+        }
+        if self.batch_bytes_max < self.put_buffer_bytes
+            || self.batch_bytes_max as u64 > BATCH_BYTES_LIMIT
+        {
+            return bad(format!(
+                "batch_bytes_max {} must be between put_buffer_bytes and {BATCH_BYTES_LIMIT}",
+                self.batch_bytes_max
+            ));
+        }
+        if self.segment_size_bytes_max % PAGE_BYTES != 0
+            || self.segment_size_bytes_max < 4 * self.record_bytes_max() + 4 * PAGE_BYTES
+        {
+            return bad(format!(
+                "segment_size_bytes_max {} must be page-aligned and hold at least four of the largest records ({} bytes each)",
+                self.segment_size_bytes_max,
+                self.record_bytes_max()
+            ));
+        }
+        if self.requests_queued_max == 0 {
+            return bad("requests_queued_max must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Proof that a put or delete is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// Store-wide sequence number of the write.
+    pub seq: u64,
+    pub segment_id: u64,
+    pub offset: u64,
+    /// Object bytes (0 for a delete).
+    pub len: u64,
+}
+
+/// Counters of the writer, for benches and metrics.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    pub batches: AtomicU64,
+    pub syncs: AtomicU64,
+    pub commits: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub commits_per_sync_max: AtomicU64,
+}
+
+impl EngineStats {
+    pub(crate) fn record_batch(&self, bytes: u64, synced: bool, commits: usize) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.bytes_written.fetch_add(bytes, Ordering::Relaxed);
+        if synced {
+            self.syncs.fetch_add(1, Ordering::Relaxed);
+        }
+        self.commits.fetch_add(commits as u64, Ordering::Relaxed);
+        self.commits_per_sync_max
+            .fetch_max(commits as u64, Ordering::Relaxed);
+    }
+}
+
+/// State shared by the facade, the writer threads and compaction.
+pub(crate) struct Shared {
+    pub storage: Arc<dyn Storage>,
+    pub config: StoreConfig,
+    index: RwLock<Locator>,
+    segments: RwLock<BTreeMap<u64, Arc<SegmentHandle>>>,
+    poison: OnceLock<Arc<str>>,
+    next_segment_id: AtomicU64,
+    pub stats: EngineStats,
+    pub compaction: Mutex<()>,
+}
+
+impl Shared {
+    pub fn poison(&self, error: &Error) {
+        let cause = match error {
+            Error::Poisoned { cause } => cause.clone(),
+            other => other.to_poison_cause(),
+        };
+        let _ = self.poison.set(cause);
+    }
+
+    pub fn poisoned(&self) -> Option<Arc<str>> {
+        self.poison.get().cloned()
+    }
+
+    pub fn allocate_segment_id(&self) -> u64 {
+        self.next_segment_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn register_segment(&self, segment: Arc<SegmentHandle>) {
+        self.write_segments().insert(segment.id, segment);
+    }
+
+    pub fn segment(&self, id: u64) -> Option<Arc<SegmentHandle>> {
+        self.read_segments().get(&id).cloned()
+    }
+
+    pub fn read_index(&self) -> RwLockReadGuard<'_, Locator> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn write_index(&self) -> RwLockWriteGuard<'_, Locator> {
+        self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn read_segments(&self) -> RwLockReadGuard<'_, BTreeMap<u64, Arc<SegmentHandle>>> {
+        self.segments.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn write_segments(&self) -> RwLockWriteGuard<'_, BTreeMap<u64, Arc<SegmentHandle>>> {
+        self.segments.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Resolves `key` to a readable object, retrying when compaction moved it meanwhile.
+    pub fn get(&self, namespace: Namespace, key: &[u8]) -> Result<Option<Object>> {
+        const ATTEMPTS_MAX: usize = 8;
+        for _ in 0..ATTEMPTS_MAX {
+            let Some(entry) = self.read_index().get(namespace, key) else {
+                return Ok(None);
+            };
+            if entry.kind == RecordKind::Tombstone {
+                return Ok(None);
+            }
+            let lookup = |id: u64| self.segment(id);
+            match Object::open(&lookup, entry.segment_id, entry.offset, namespace, key, entry.seq)? {
+                Ok(object) => return Ok(Some(object)),
+                Err(_gone) => continue,
+            }
+        }
+        Err(Error::InvalidArgument(format!(
+            "object kept moving during {ATTEMPTS_MAX} lookups"
+        )))
+    }
+}
+
+/// Sizes and counts, for operators and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreStats {
+    pub segments: usize,
+    pub sealed_segments: usize,
+    pub segment_bytes: u64,
+    pub live_keys: usize,
+}
+
+/// The storage engine. Cheap to share behind an `Arc`; every method takes `&self`.
+pub struct Store {
+    shared: Arc<Shared>,
+    tx: SyncSender<Msg>,
+    writer: Option<JoinHandle<()>>,
+    report: RecoveryReport,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` on the real disk, through io_uring.
+    pub fn open(dir: &Path, config: StoreConfig) -> Result<Store> {
+        let storage = UringStorage::open(dir, config.direct_io).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                Error::Locked(dir.display().to_string())
+            } else {
+                Error::io("open", dir.display().to_string(), e)
+            }
+        })?;
+        Store::open_with(Arc::new(storage), config)
+    }
+
+    /// Opens the store on any [`Storage`] (tests pass simulated or faulty ones).
+    pub fn open_with(storage: Arc<dyn Storage>, config: StoreConfig) -> Result<Store> {
+        config.validate()?;
+        let recovered = recover(storage.as_ref(), config.segment_size_bytes_max)?;
+        let mut segments = BTreeMap::new();
+        for s in recovered.segments {
+            segments.insert(s.id, s);
+        }
+        let shared = Arc::new(Shared {
+            storage,
+            config,
+            index: RwLock::new(recovered.index),
+            segments: RwLock::new(segments),
+            poison: OnceLock::new(),
+            next_segment_id: AtomicU64::new(recovered.next_segment_id),
+            stats: EngineStats::default(),
+            compaction: Mutex::new(()),
+        });
+        let (tx, writer) = Writer::spawn(shared.clone(), recovered.active, recovered.seq_next)?;
+        Ok(Store {
+            shared,
+            tx,
+            writer: Some(writer),
+            report: recovered.report,
+        })
+    }
+
+    /// What opening found: torn tails cut, seals finished, corruption (never served).
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.report
+    }
+
+    fn check_key(key: &[u8]) -> Result<()> {
+        if key.len() > KEY_BYTES_MAX {
+            return Err(Error::Limit {
+                what: "key length",
+                value: key.len() as u64,
+                max: KEY_BYTES_MAX as u64,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_namespace(namespace: Namespace) -> Result<()> {
+        if namespace == Namespace::NONE {
+            return Err(Error::InvalidArgument("namespace 0 is reserved".into()));
+        }
+        Ok(())
+    }
+
+    /// Stores `bytes` under `key`, replacing what was there; returns once durable.
+    pub fn put(&self, namespace: Namespace, key: &[u8], bytes: &[u8]) -> Result<Committed> {
+        let mut stream = self.put_stream(namespace, key)?;
+        stream.write(bytes)?;
+        stream.finish()
+    }
+
+    /// Starts a streaming put. Nothing is visible until [`PutStream::finish`] returns; a
+    /// stream dropped before that leaves nothing visible.
+    pub fn put_stream(&self, namespace: Namespace, key: &[u8]) -> Result<PutStream> {
+        Self::check_key(key)?;
+        Self::check_namespace(namespace)?;
+        if let Some(cause) = self.shared.poisoned() {
+            return Err(Error::Poisoned { cause });
+        }
+        Ok(PutStream {
+            tx: self.tx.clone(),
+            namespace,
+            key: key.to_vec(),
+            buf: Vec::new(),
+            buf_capacity: self.shared.config.put_buffer_bytes,
+            chunks: Vec::new(),
+            len: 0,
+            object_bytes_max: self.shared.config.object_bytes_max(),
+        })
+    }
+
+    /// The object stored under `key`, if any.
+    pub fn get(&self, namespace: Namespace, key: &[u8]) -> Result<Option<Object>> {
+        self.shared.get(namespace, key)
+    }
+
+    /// Deletes `key` with a durable tombstone. `None` if there was nothing to delete.
+    pub fn delete(&self, namespace: Namespace, key: &[u8]) -> Result<Option<Committed>> {
+        Self::check_key(key)?;
+        Self::check_namespace(namespace)?;
+        match self.shared.read_index().get(namespace, key) {
+            None => return Ok(None),
+            Some(e) if e.kind == RecordKind::Tombstone => return Ok(None),
+            Some(_) => {}
+        }
+        let (reply, rx) = mpsc::sync_channel(1);
+        let append = Append {
+            namespace,
+            kind: RecordKind::Tombstone,
+            key: key.to_vec(),
+            body: Vec::new(),
+            crcs: None,
+            object_len: 0,
+            reply: Reply::Commit(reply),
+        };
+        send_and_wait_commit(&self.tx, append, rx).map(Some)
+    }
+
+    /// Copies live records out of sealed segments with garbage, then removes those segments.
+    /// Reads and writes continue meanwhile.
+    pub fn compact(&self, options: &CompactOptions) -> Result<CompactionReport> {
+        compaction::compact(&self.shared, options)
+    }
+
+    /// Set once a write or sync failed; the store is then read-only.
+    pub fn poisoned(&self) -> Option<Arc<str>> {
+        self.shared.poisoned()
+    }
+
+    /// Writer counters.
+    pub fn engine_stats(&self) -> &EngineStats {
+        &self.shared.stats
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let segments = self.shared.read_segments();
+        let segment_bytes = segments
+            .values()
+            .map(|s| s.file.len().unwrap_or(0))
+            .sum();
+        StoreStats {
+            segments: segments.len(),
+            sealed_segments: segments.values().filter(|s| s.is_sealed()).count(),
+            segment_bytes,
+            live_keys: self.shared.read_index().live_count(),
+        }
+    }
+
+    /// Waits for in-flight writes and stops the writer. Dropping the store does the same.
+    pub fn close(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self.tx.send(Msg::Shutdown);
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn send_and_wait_commit(
+    tx: &SyncSender<Msg>,
+    append: Append,
+    rx: mpsc::Receiver<Result<Committed>>,
+) -> Result<Committed> {
+    tx.send(Msg::Append(append)).map_err(|_| Error::Closed)?;
+    rx.recv().map_err(|_| Error::Closed)?
+}
+
+/// A put in progress. Memory held: at most `put_buffer_bytes`.
+pub struct PutStream {
+    tx: SyncSender<Msg>,
+    namespace: Namespace,
+    key: Vec<u8>,
+    buf: Vec<u8>,
+    buf_capacity: usize,
+    chunks: Vec<ChunkRef>,
+    len: u64,
+    object_bytes_max: u64,
+}
+
+impl PutStream {
+    /// Appends bytes to the object.
+    pub fn write(&mut self, mut bytes: &[u8]) -> Result<()> {
+        let new_len = self.len + bytes.len() as u64;
+        if new_len > self.object_bytes_max {
+            return Err(Error::Limit {
+                what: "object size",
+                value: new_len,
+                max: self.object_bytes_max,
+            });
+        }
+        while !bytes.is_empty() {
+            if self.buf.capacity() < self.buf_capacity {
+                self.buf.reserve_exact(self.buf_capacity - self.buf.len());
+            }
+            let take = (self.buf_capacity - self.buf.len()).min(bytes.len());
+            self.buf.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            self.len += take as u64;
+            if self.buf.len() == self.buf_capacity {
+                self.send_chunk()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn send_chunk(&mut self) -> Result<()> {
+        let body = std::mem::take(&mut self.buf);
+        let crcs = block_crcs(&body);
+        let (reply, rx) = mpsc::sync_channel(1);
+        let append = Append {
+            namespace: self.namespace,
+            kind: RecordKind::Chunk,
+            key: self.key.clone(),
+            body,
+            crcs: Some(crcs),
+            object_len: 0,
+            reply: Reply::Chunk(reply),
+        };
+        self.tx.send(Msg::Append(append)).map_err(|_| Error::Closed)?;
+        let (location, mut returned) = rx.recv().map_err(|_| Error::Closed)?;
+        returned.clear();
+        self.buf = returned;
+        self.chunks.push(location?);
+        Ok(())
+    }
+
+    /// Makes the object durable and visible; returns once both are true.
+    pub fn finish(mut self) -> Result<Committed> {
+        let (kind, body) = if self.chunks.is_empty() {
+            (RecordKind::Blob, std::mem::take(&mut self.buf))
+        } else {
+            if !self.buf.is_empty() {
+                self.send_chunk()?;
+            }
+            (RecordKind::Manifest, encode_manifest(self.len, &self.chunks))
+        };
+        assert!(body.len() <= self.buf_capacity, "manifest over the checked object limit");
+        let crcs = block_crcs(&body);
+        let (reply, rx) = mpsc::sync_channel(1);
+        let append = Append {
+            namespace: self.namespace,
+            kind,
+            key: std::mem::take(&mut self.key),
+            body,
+            crcs: Some(crcs),
+            object_len: self.len,
+            reply: Reply::Commit(reply),
+        };
+        send_and_wait_commit(&self.tx, append, rx)
+    }
+}
+
+impl std::io::Write for PutStream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        PutStream::write(self, buf).map_err(std::io::Error::other)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
