@@ -1,3 +1,5 @@
 //! Kuvasto's integration tests, one binary (see `tests/README.md` for what each module proves).
 
 mod basic;
+mod faults;
+mod model;

@@ -36,6 +36,24 @@ pub fn create_segment(
     let file = storage
         .create(name)
         .map_err(|e| Error::io("create", name, e))?;
+    match init_segment(file.as_ref(), name, id, size_bytes, flags) {
+        Ok(()) => Ok(file),
+        Err(e) => {
+            // Leave no headerless file behind for recovery to trip over.
+            drop(file);
+            let _ = storage.remove(name);
+            Err(e)
+        }
+    }
+}
+
+fn init_segment(
+    file: &dyn StorageFile,
+    name: &str,
+    id: u64,
+    size_bytes: u64,
+    flags: u32,
+) -> Result<()> {
     file.allocate(size_bytes)
         .map_err(|e| Error::io("fallocate", name, e))?;
     let mut header = AlignedBuf::with_capacity(SEGMENT_HEADER_BYTES as usize);
@@ -48,8 +66,7 @@ pub fn create_segment(
         flags,
     }
     .encode(&mut header[..64]);
-    write_durable(file.as_ref(), header, 0)?;
-    Ok(file)
+    write_durable(file, header, 0)
 }
 
 /// Makes `valid_end` page-aligned by writing a padding record after it, rewriting the page it

@@ -287,7 +287,11 @@ impl Writer {
         });
         if !fits {
             if let Err(e) = self.rotate() {
-                self.shared.poison(&e);
+                // A full disk while preparing a new segment wrote nothing: refuse this append
+                // and try again with the next one. Anything else leaves the state unknown.
+                if !matches!(e, Error::NoSpace { .. }) {
+                    self.shared.poison(&e);
+                }
                 fail(append.reply, e);
                 return;
             }
@@ -370,7 +374,8 @@ impl Writer {
                 active.segment.id,
                 active.batch_offset,
                 &active.directory,
-            )?;
+            )
+            .inspect_err(|e| self.shared.poison(e))?;
             let map = active
                 .segment
                 .file
