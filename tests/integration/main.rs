@@ -1,5 +1,6 @@
 //! Kuvasto's integration tests, one binary (see `tests/README.md` for what each module proves).
 
 mod basic;
+mod crash;
 mod faults;
 mod model;

@@ -29,3 +29,29 @@ pub fn small_config() -> StoreConfig {
         direct_io: true,
     }
 }
+
+/// Configuration shared by the kill -9 child and the test that checks its work: small enough
+/// that a few seconds of ingest seal several segments.
+pub fn crash_config() -> StoreConfig {
+    StoreConfig {
+        segment_size_bytes_max: 4 * 1024 * 1024,
+        put_buffer_bytes: 64 * 1024,
+        batch_bytes_max: 512 * 1024,
+        requests_queued_max: 64,
+        direct_io: true,
+    }
+}
+
+/// Seed and length of the object stored under `key` by the crash child: derived from the key
+/// alone, so any object found later can be checked.
+pub fn crash_object(key: &str) -> (u64, usize) {
+    let seed = key
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let len = match seed % 10 {
+        0..=5 => 200 + (seed >> 8) as usize % 4_000,
+        6..=8 => 20_000 + (seed >> 8) as usize % 180_000,
+        _ => 300_000 + (seed >> 8) as usize % 500_000,
+    };
+    (seed, len)
+}
