@@ -51,18 +51,11 @@ impl AlignedBuf {
         self.capacity
     }
 
-    /// Sets the length; bytes between the old and new length keep whatever they held
-    /// (zero for a new buffer, or what [`AlignedBuf::clear`] left: zeros).
+    /// Sets the length. Bytes past the old length keep whatever they held before (zero in a
+    /// new buffer; stale data in a reused one), so writers must fill every byte they expose.
     pub fn set_len(&mut self, len: usize) {
         assert!(len <= self.capacity, "length {len} over capacity {}", self.capacity);
         self.len = len;
-    }
-
-    /// Zeroes the used part and sets the length to 0, so padding written later is zeros.
-    pub fn clear(&mut self) {
-        let len = self.len;
-        self[..len].fill(0);
-        self.len = 0;
     }
 
     /// Appends bytes; panics past the capacity (callers check their limits first).

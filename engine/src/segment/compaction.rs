@@ -12,8 +12,8 @@
 //!    an old segment keep reading it (its mapping lives until they let go).
 
 use super::format::{
-    encode_manifest, encode_padding, encode_record, padding_bytes, segment_file_name,
-    segment_temp_file_name, ChunkRef, DirEntry, Namespace, RecordHeader, RecordKind, PAGE_BYTES,
+    dir_entry_bytes, encode_manifest, encode_padding, encode_record, padding_bytes, segment_file_name,
+    segment_temp_file_name, ChunkRef, DirEntry, Namespace, RecordHeader, RecordKind, DIRECTORY_BYTES_MAX, PAGE_BYTES,
     SEGMENT_FLAG_COMPACTED, SEGMENT_HEADER_BYTES,
 };
 use super::lifecycle::{create_segment, seal_segment};
@@ -65,6 +65,7 @@ struct Output<'a> {
     buf_offset: u64,
     buf: AlignedBuf,
     directory: Vec<DirEntry>,
+    directory_bytes: u64,
     limit: u64,
 }
 
@@ -88,6 +89,7 @@ impl<'a> Output<'a> {
                 OUTPUT_BUFFER_BYTES + shared.config.record_bytes_max() as usize + 2 * PAGE_BYTES as usize,
             ),
             directory: Vec::new(),
+            directory_bytes: 0,
             limit: size - PAGE_BYTES,
         })
     }
@@ -96,8 +98,9 @@ impl<'a> Output<'a> {
         self.buf_offset + self.buf.len() as u64
     }
 
-    fn fits(&self, record_len: u64) -> bool {
+    fn fits(&self, record_len: u64, key_len: usize) -> bool {
         self.offset() + record_len + 2 * PAGE_BYTES <= self.limit
+            && self.directory_bytes + dir_entry_bytes(key_len) <= DIRECTORY_BYTES_MAX
     }
 
     /// Writes the whole-page part of the buffer, keeping the partial last page buffered.
@@ -135,6 +138,7 @@ impl<'a> Output<'a> {
         self.buf.set_len(at + len);
         encode_record(&mut self.buf[at..at + len], header, key, body, None);
         if header.kind.is_findable() {
+            self.directory_bytes += dir_entry_bytes(key.len());
             self.directory.push(DirEntry {
                 namespace: header.namespace,
                 kind: header.kind,
@@ -190,7 +194,7 @@ struct Outputs<'a> {
 impl<'a> Outputs<'a> {
     fn append(&mut self, mut header: RecordHeader, key: &[u8], body: &[u8]) -> Result<(u64, u64)> {
         let len = header.record_len();
-        if !self.current.as_ref().is_some_and(|o| o.fits(len)) {
+        if !self.current.as_ref().is_some_and(|o| o.fits(len, key.len())) {
             if let Some(full) = self.current.take() {
                 self.done.push(full.finish()?);
             }

@@ -28,9 +28,16 @@ pub const RECORD_BODY_BYTES_MAX: u64 = 512 * 1024 * 1024;
 pub const BATCH_BYTES_LIMIT: u64 = 32 * 1024 * 1024;
 /// Bytes at the end of a sealed segment.
 pub const TRAILER_BYTES: u64 = 64;
-/// A crash can tear at most the batch in flight; valid records further than this beyond the
-/// first damaged byte of an unsealed segment mean damage, not a torn tail.
-pub const TORN_WINDOW_BYTES: u64 = 2 * BATCH_BYTES_LIMIT + 2 * PAGE_BYTES;
+/// The writer `fdatasync`s at least once per this many bytes written to a segment, even when
+/// no acknowledgement waits (a long streamed put), so little is ever unsynced.
+pub const UNSYNCED_BYTES_MAX: u64 = BATCH_BYTES_LIMIT;
+/// Largest directory body: a segment is sealed before its directory would grow past it.
+pub const DIRECTORY_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// What a crash can damage: bytes not yet covered by a completed `fdatasync` — at most
+/// [`UNSYNCED_BYTES_MAX`] plus the batches in flight (two flushers, and the one the writer may
+/// hand on meanwhile; each at most a full batch plus one record). Valid records further than
+/// this beyond the first damaged byte of an unsealed segment mean damage, not a torn tail.
+pub const TORN_WINDOW_BYTES: u64 = UNSYNCED_BYTES_MAX + 3 * (2 * BATCH_BYTES_LIMIT) + 4 * PAGE_BYTES;
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"KUVASEG1";
 pub const TRAILER_MAGIC: [u8; 8] = *b"KUVASEAL";
@@ -365,7 +372,7 @@ pub fn verify_blocks(crcs: &[u32], first_block: u64, blocks: &[u8]) -> Result<()
     Ok(())
 }
 
-/// Writes a complete record into `out` (which must be `header.record_len()` long, zeroed).
+/// Writes a complete record into `out` (exactly `header.record_len()` long), every byte.
 /// `crcs` are the body's block checksums (computed here when `None`).
 pub fn encode_record(
     out: &mut [u8],
@@ -400,7 +407,10 @@ pub fn encode_record(
     let crc = crc_seeded(seed, &[&out[0..60], &out[64..at]]);
     out[60..64].copy_from_slice(&crc.to_le_bytes());
     let body_at = header.body_offset() as usize;
+    // Alignment gaps are zeroed here, so callers may reuse buffers without clearing them.
+    out[at..body_at].fill(0);
     out[body_at..body_at + body.len()].copy_from_slice(body);
+    out[body_at + body.len()..].fill(0);
 }
 
 /// Bytes of padding to put after `end` so that the next batch starts page-aligned (0, or at
@@ -414,7 +424,7 @@ pub fn padding_bytes(end: u64) -> u64 {
     }
 }
 
-/// Writes a padding record filling all of `out` (zeroed, at least 64 bytes, a multiple of 8).
+/// Writes a padding record filling all of `out` (at least 64 bytes, a multiple of 8).
 pub fn encode_padding(out: &mut [u8], segment_id: u64, offset: u64) {
     debug_assert!(out.len() as u64 >= RECORD_HEADER_BYTES && out.len() % 8 == 0);
     let header = RecordHeader {
@@ -429,6 +439,7 @@ pub fn encode_padding(out: &mut [u8], segment_id: u64, offset: u64) {
         flags: 0,
     };
     header.encode_fixed(&mut out[0..64]);
+    out[64..].fill(0);
     let crc = crc_seeded(record_seed(segment_id, offset), &[&out[0..60]]);
     out[60..64].copy_from_slice(&crc.to_le_bytes());
 }
@@ -456,6 +467,15 @@ impl SegmentHeader {
         out[48..60].fill(0);
         let crc = crc_seeded(segment_header_seed(), &[&out[0..60]]);
         out[60..64].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// The format version of a header whose magic and checksum are intact, whatever it is.
+    pub fn peek_version(bytes: &[u8]) -> Option<u32> {
+        if bytes.len() < 64 || bytes[0..8] != SEGMENT_MAGIC {
+            return None;
+        }
+        let crc = crc_seeded(segment_header_seed(), &[&bytes[0..60]]);
+        (crc == le_u32(bytes, 60)).then(|| le_u32(bytes, 8))
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
@@ -564,6 +584,11 @@ pub struct DirEntry {
 
 /// Bytes of a directory entry before its key.
 pub const DIR_ENTRY_FIXED_BYTES: usize = 32;
+
+/// Bytes one entry takes in a directory body.
+pub fn dir_entry_bytes(key_len: usize) -> u64 {
+    (DIR_ENTRY_FIXED_BYTES + key_len) as u64
+}
 
 pub fn encode_directory(entries: &[DirEntry]) -> Vec<u8> {
     let mut out = Vec::with_capacity(entries.len() * (DIR_ENTRY_FIXED_BYTES + 64));

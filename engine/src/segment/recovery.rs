@@ -4,14 +4,15 @@
 //!   checksummed); their records are not scanned. A damaged directory is rebuilt by a salvage
 //!   scan, and every damaged place is reported.
 //! - Unsealed segments are scanned record by record. Damage followed by valid records no
-//!   further than [`TORN_WINDOW_BYTES`] is a torn tail (the batch in flight at a crash, never
-//!   acknowledged): it is cut, and the segment continues after a padding record. Valid records
+//!   further than [`TORN_WINDOW_BYTES`] is a torn tail (bytes no completed `fdatasync` covered
+//!   at the crash, so never acknowledged): it is cut, and the segment continues after a padding record. Valid records
 //!   further beyond damage mean the damage is not a torn write: it is reported as corruption
 //!   and the segment is sealed with every valid record kept.
 //! - Leftover compaction outputs (`*.kvs.tmp`) were never switched to and are removed.
 
 use super::format::{
     decode_directory, parse_segment_file_name, DirEntry, RecordKind, SegmentHeader, Trailer,
+    FORMAT_VERSION,
     PAGE_BYTES, SEGMENT_HEADER_BYTES, TORN_WINDOW_BYTES, TRAILER_BYTES,
 };
 use super::lifecycle::{pad_to_page, seal_segment};
@@ -111,10 +112,8 @@ pub(crate) fn recover(
         if let Some(id) = parse_segment_file_name(name) {
             ids.push((id, name.clone()));
             max_id = max_id.max(id);
-        } else if let Some(base) = name.strip_suffix(".tmp") {
-            if let Some(id) = parse_segment_file_name(base) {
-                max_id = max_id.max(id);
-            }
+        } else if let Some(id) = name.strip_suffix(".tmp").and_then(parse_segment_file_name) {
+            max_id = max_id.max(id);
             storage
                 .remove(name)
                 .map_err(|e| Error::io("remove", name.as_str(), e))?;
@@ -137,6 +136,14 @@ pub(crate) fn recover(
         let file = storage.open(&name).map_err(|e| Error::io("open", name.as_str(), e))?;
         let map = file.map().map_err(|e| Error::io("mmap", name.as_str(), e))?;
         let len = map.len() as u64;
+        if let Some(version) = SegmentHeader::peek_version(&map) {
+            if version > FORMAT_VERSION {
+                // Written by a newer build: never touch it (no scan, no seal, no truncation).
+                return Err(Error::InvalidArgument(format!(
+                    "{name} has segment format version {version}; this build reads up to {FORMAT_VERSION}. Upgrade Kuvasto to open this store."
+                )));
+            }
+        }
         let handle = Arc::new(SegmentHandle::new(id, file));
         match SegmentHeader::decode(&map) {
             Ok(h) if h.segment_id == id => {}

@@ -125,8 +125,8 @@ pub fn read_segment_header(bytes: &[u8]) -> Result<SegmentHeader, String> {
 }
 
 /// Scans records of segment `segment_id` in `bytes[SEGMENT_HEADER_BYTES..end]`. At damage it
-/// resumes at the next page-aligned valid record, so everything valid is found and every
-/// damaged place is listed. Stops at a directory record (the end of a sealed segment's data).
+/// resumes at the next page-aligned valid record (every batch starts on a page, so only the
+/// rest of the damaged batch is skipped), and every damaged place is listed. Stops at a directory record (the end of a sealed segment's data).
 pub fn scan_records(bytes: &[u8], segment_id: u64, end: u64) -> Scan {
     let end = end.min(bytes.len() as u64);
     let bytes = &bytes[..end as usize];

@@ -1,22 +1,30 @@
-//! The group-commit writer: two threads that turn appends into durable, findable records.
+//! The group-commit writer: one writer thread and [`FLUSHERS`] flusher threads that turn
+//! appends into durable, findable records.
 //!
 //! The **writer** thread receives appends from every put, serializes each record into the
-//! current batch buffer (4096-aligned), seals full segments and opens new ones. The
-//! **flusher** thread writes one batch at a time through [`StorageFile::begin_write`] — on
-//! io_uring, the batch's write SQEs plus one drained `fdatasync`, in one system call — then
-//! publishes the batch's findable records to the index and acknowledges their puts. While the
-//! flusher waits on the device, the writer fills the next batch: every put that arrives in the
-//! meantime shares the next `fdatasync` (group commit). Two batch buffers exist, so memory is
-//! bounded by `2 × batch capacity` plus the bounded request queue.
+//! current batch buffer (4096-aligned), seals full segments and opens new ones. A batch goes to
+//! an idle **flusher** when no append is waiting or when it is full. The flusher writes it
+//! through [`crate::io::StorageFile::begin_write`] (on io_uring: 1 MiB write SQEs, in one
+//! system call) and, if the batch holds findable records, `fdatasync`s once every earlier
+//! batch's writes have completed; then, in batch order, it publishes the records to the index
+//! and acknowledges their puts. With two flushers the device always has the next batch's
+//! writes while the previous batch's `fdatasync` runs, and every put that arrives meanwhile
+//! shares one `fdatasync` (group commit). A batch that finds no earlier batch in flight
+//! submits its writes and a drained `fdatasync` together.
+//!
+//! Memory is bounded: `FLUSHERS + 1` batch buffers plus the bounded request queue.
 //!
 //! Invariants (asserted where cheap):
-//! - a findable record is published and acknowledged only after the `fdatasync` that covers it;
+//! - a findable record is published and acknowledged only after an `fdatasync` that started
+//!   after its batch's writes, and every earlier batch's writes, completed;
+//! - acknowledgements go out in batch order;
 //! - batches start page-aligned and never rewrite bytes of an earlier batch;
-//! - after any write or sync error the store is poisoned: no later batch is written.
+//! - after any write or sync error the store is poisoned: no later record is acknowledged.
 
 use super::format::{
-    encode_padding, encode_record, padding_bytes, segment_file_name, ChunkRef, DirEntry,
-    Namespace, RecordHeader, RecordKind, PAGE_BYTES, SEGMENT_HEADER_BYTES,
+    dir_entry_bytes, encode_padding, encode_record, padding_bytes, segment_file_name, ChunkRef,
+    DirEntry, Namespace, RecordHeader, RecordKind, DIRECTORY_BYTES_MAX, PAGE_BYTES,
+    SEGMENT_HEADER_BYTES, UNSYNCED_BYTES_MAX,
 };
 use super::lifecycle::{create_segment, seal_segment};
 use super::reader::SegmentHandle;
@@ -24,10 +32,13 @@ use crate::error::{Error, Result};
 use crate::index::Entry;
 use crate::io::AlignedBuf;
 use crate::store::{Committed, Shared};
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+
+/// Flusher threads: two keep the device busy while a batch waits for its `fdatasync`.
+pub const FLUSHERS: usize = 2;
 
 /// How an append is answered.
 pub(crate) enum Reply {
@@ -52,8 +63,8 @@ pub(crate) struct Append {
 
 pub(crate) enum Msg {
     Append(Append),
-    /// The flusher finished a batch and returns its buffer.
-    FlusherIdle(AlignedBuf),
+    /// Flusher `n` finished a batch and returns its buffer.
+    FlusherIdle(usize, AlignedBuf),
     Shutdown,
 }
 
@@ -65,10 +76,14 @@ struct PendingCommit {
 }
 
 struct Batch {
+    /// Position in the writer's sequence of batches.
+    number: u64,
     segment: Arc<SegmentHandle>,
     buf: AlignedBuf,
     offset: u64,
     commits: Vec<PendingCommit>,
+    /// `fdatasync` after writing, with or without commits (bounds unsynced bytes).
+    sync: bool,
 }
 
 struct Active {
@@ -78,6 +93,10 @@ struct Active {
     /// Records must end at or before this offset (the last page stays free).
     records_limit: u64,
     directory: Vec<DirEntry>,
+    /// Encoded size of `directory`.
+    directory_bytes: u64,
+    /// Bytes handed to flushers since the last batch that syncs.
+    unsynced_bytes: u64,
 }
 
 /// What recovery hands the writer: the segment to continue and where.
@@ -91,9 +110,11 @@ pub(crate) struct Writer {
     shared: Arc<Shared>,
     rx: Receiver<Msg>,
     tx_self: SyncSender<Msg>,
-    flush_tx: Option<SyncSender<Batch>>,
-    flusher: Option<JoinHandle<()>>,
-    flusher_busy: bool,
+    flush_txs: Vec<SyncSender<Batch>>,
+    flushers: Vec<JoinHandle<()>>,
+    /// Flushers waiting for a batch.
+    idle: Vec<usize>,
+    batch_number: u64,
     active: Option<Active>,
     batch: AlignedBuf,
     commits: Vec<PendingCommit>,
@@ -103,9 +124,63 @@ pub(crate) struct Writer {
     shutting_down: bool,
 }
 
+/// Orders the flushers: which batches have been written, which acknowledged.
+#[derive(Default)]
+struct FlushOrder {
+    state: Mutex<OrderState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct OrderState {
+    /// Every batch numbered below this has completed its writes.
+    written_below: u64,
+    /// Completed writes of batches at or above `written_below`.
+    written_ahead: BTreeSet<u64>,
+    /// Every batch numbered below this has been acknowledged (or failed).
+    acked_below: u64,
+}
+
+impl FlushOrder {
+    fn lock(&self) -> MutexGuard<'_, OrderState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait_until(&self, done: impl Fn(&OrderState) -> bool) {
+        let mut state = self.lock();
+        while !done(&state) {
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn mark_written(&self, number: u64) {
+        let mut state = self.lock();
+        state.written_ahead.insert(number);
+        loop {
+            let next = state.written_below;
+            if !state.written_ahead.remove(&next) {
+                break;
+            }
+            state.written_below += 1;
+        }
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    fn mark_acked(&self, number: u64) {
+        let mut state = self.lock();
+        assert_eq!(state.acked_below, number, "acknowledgements go out in batch order");
+        state.acked_below = number + 1;
+        drop(state);
+        self.changed.notify_all();
+    }
+}
+
 /// Capacity of a batch buffer: the configured batch plus room for one record and padding.
 fn batch_capacity(shared: &Shared) -> usize {
-    shared.config.batch_bytes_max + shared.config.record_bytes_max() as usize + 2 * PAGE_BYTES as usize
+    shared.config.batch_bytes_max
+        + shared.config.record_bytes_max() as usize
+        + 2 * PAGE_BYTES as usize
 }
 
 impl Writer {
@@ -116,27 +191,36 @@ impl Writer {
         seq_next: u64,
     ) -> Result<(SyncSender<Msg>, JoinHandle<()>)> {
         let (tx, rx) = mpsc::sync_channel(shared.config.requests_queued_max);
-        let (flush_tx, flush_rx) = mpsc::sync_channel::<Batch>(1);
-        let flusher_shared = shared.clone();
-        let flusher_reply = tx.clone();
-        let flusher = std::thread::Builder::new()
-            .name("kuvasto-flusher".into())
-            .spawn(move || flusher_loop(flusher_shared, flush_rx, flusher_reply))
-            .map_err(|e| Error::io("spawn", "flusher thread", e))?;
+        let order = Arc::new(FlushOrder::default());
+        let mut flush_txs = Vec::with_capacity(FLUSHERS);
+        let mut flushers = Vec::with_capacity(FLUSHERS);
+        for n in 0..FLUSHERS {
+            let (flush_tx, flush_rx) = mpsc::sync_channel::<Batch>(1);
+            let (flusher_shared, idle, order) = (shared.clone(), tx.clone(), order.clone());
+            let flusher = std::thread::Builder::new()
+                .name(format!("kuvasto-flusher-{n}"))
+                .spawn(move || flusher_loop(n, flusher_shared, order, flush_rx, idle))
+                .map_err(|e| Error::io("spawn", "flusher thread", e))?;
+            flush_txs.push(flush_tx);
+            flushers.push(flusher);
+        }
         let capacity = batch_capacity(&shared);
         let active = start.map(|s| Active {
             records_limit: records_limit(&shared),
             segment: s.segment,
             batch_offset: s.write_offset,
+            directory_bytes: s.directory.iter().map(|e| dir_entry_bytes(e.key.len())).sum(),
             directory: s.directory,
+            unsynced_bytes: 0,
         });
         let writer = Writer {
             shared,
             rx,
             tx_self: tx.clone(),
-            flush_tx: Some(flush_tx),
-            flusher: Some(flusher),
-            flusher_busy: false,
+            flush_txs,
+            flushers,
+            idle: (0..FLUSHERS).collect(),
+            batch_number: 0,
             active,
             batch: AlignedBuf::with_capacity(capacity),
             commits: Vec::new(),
@@ -159,11 +243,11 @@ impl Writer {
                 None => match self.rx.try_recv() {
                     Ok(msg) => msg,
                     Err(TryRecvError::Empty) => {
-                        if !self.batch.is_empty() && !self.flusher_busy {
+                        if !self.batch.is_empty() && !self.idle.is_empty() {
                             self.dispatch();
                             continue;
                         }
-                        if self.shutting_down && !self.flusher_busy && self.batch.is_empty() {
+                        if self.shutting_down && self.all_idle() && self.batch.is_empty() {
                             break;
                         }
                         match self.rx.recv() {
@@ -174,55 +258,73 @@ impl Writer {
                     Err(TryRecvError::Disconnected) => break,
                 },
             };
-            match msg {
-                Msg::Append(append) => {
-                    if self.shutting_down {
-                        fail(append.reply, Error::Closed);
-                    } else {
-                        self.append(append);
-                    }
-                }
-                Msg::FlusherIdle(buf) => {
-                    self.flusher_busy = false;
-                    self.free.push(buf);
-                }
-                Msg::Shutdown => self.shutting_down = true,
-            }
+            self.handle(msg);
         }
-        self.wait_flusher_idle();
+        self.wait_all_idle();
+        self.wait_one_idle();
         self.dispatch();
-        self.wait_flusher_idle();
-        // Closing the flusher's channel ends it; it has nothing in flight now.
-        self.flush_tx = None;
-        if let Some(flusher) = self.flusher.take() {
+        self.wait_all_idle();
+        // Closing the flushers' channels ends them; none has anything in flight now.
+        self.flush_txs.clear();
+        for flusher in self.flushers.drain(..) {
             let _ = flusher.join();
         }
         drop(self.tx_self);
     }
 
-    /// Receives until the flusher reports idle, keeping other messages for later.
-    fn wait_flusher_idle(&mut self) {
-        while self.flusher_busy {
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Append(append) => {
+                if self.shutting_down {
+                    fail(append.reply, Error::Closed);
+                } else {
+                    self.append(append);
+                }
+            }
+            Msg::FlusherIdle(n, buf) => {
+                self.idle.push(n);
+                self.free.push(buf);
+            }
+            Msg::Shutdown => self.shutting_down = true,
+        }
+    }
+
+    fn all_idle(&self) -> bool {
+        self.idle.len() == self.flush_txs.len()
+    }
+
+    /// Receives until `done`, keeping appends for later.
+    fn wait_flushers(&mut self, done: fn(&Self) -> bool) {
+        while !done(self) {
             match self.rx.recv() {
-                Ok(Msg::FlusherIdle(buf)) => {
-                    self.flusher_busy = false;
+                Ok(Msg::FlusherIdle(n, buf)) => {
+                    self.idle.push(n);
                     self.free.push(buf);
                 }
                 Ok(other) => self.deferred.push_back(other),
-                Err(_) => {
-                    self.flusher_busy = false;
-                }
+                Err(_) => return,
             }
         }
     }
 
-    /// Hands the current batch to the flusher (which must be idle).
+    fn wait_one_idle(&mut self) {
+        self.wait_flushers(|w| !w.idle.is_empty());
+    }
+
+    fn wait_all_idle(&mut self) {
+        self.wait_flushers(Self::all_idle);
+    }
+
+    /// Hands the current batch to an idle flusher (one must be idle).
     fn dispatch(&mut self) {
         if self.batch.is_empty() {
             return;
         }
-        assert!(!self.flusher_busy, "dispatch while the flusher is busy");
+        let Some(flusher) = self.idle.pop() else {
+            panic!("dispatch without an idle flusher");
+        };
         let Some(active) = self.active.as_mut() else {
+            self.idle.push(flusher);
             return;
         };
         let end = active.batch_offset + self.batch.len() as u64;
@@ -233,25 +335,30 @@ impl Writer {
             encode_padding(&mut self.batch[start..], active.segment.id, end);
         }
         debug_assert_eq!(self.batch.len() as u64 % PAGE_BYTES, 0);
-        let next = self
+        let mut next = self
             .free
             .pop()
             .unwrap_or_else(|| AlignedBuf::with_capacity(batch_capacity(&self.shared)));
+        next.set_len(0);
         let buf = std::mem::replace(&mut self.batch, next);
+        active.unsynced_bytes += buf.len() as u64;
+        let sync = !self.commits.is_empty() || active.unsynced_bytes >= UNSYNCED_BYTES_MAX;
+        if sync {
+            active.unsynced_bytes = 0;
+        }
         let batch = Batch {
+            number: self.batch_number,
             segment: active.segment.clone(),
             offset: active.batch_offset,
             commits: std::mem::take(&mut self.commits),
             buf,
+            sync,
         };
+        self.batch_number += 1;
         active.batch_offset += batch.buf.len() as u64;
-        if let Some(flush_tx) = &self.flush_tx {
-            if flush_tx.send(batch).is_ok() {
-                self.flusher_busy = true;
-                return;
-            }
+        if self.flush_txs[flusher].send(batch).is_err() {
+            self.shared.poison(&Error::Closed);
         }
-        self.shared.poison(&Error::Closed);
     }
 
     fn append(&mut self, append: Append) {
@@ -277,13 +384,19 @@ impl Writer {
         );
         // Room in the batch?
         if self.batch.len() as u64 + header_len > self.shared.config.batch_bytes_max as u64 {
-            self.wait_flusher_idle();
+            self.wait_one_idle();
             self.dispatch();
         }
         // Room in the segment (keeping a page for padding and the last page free)?
+        let directory_grows = if append.kind.is_findable() {
+            dir_entry_bytes(append.key.len())
+        } else {
+            0
+        };
         let fits = self.active.as_ref().is_some_and(|a| {
             a.batch_offset + self.batch.len() as u64 + header_len + 2 * PAGE_BYTES
                 <= a.records_limit
+                && a.directory_bytes + directory_grows <= DIRECTORY_BYTES_MAX
         });
         if !fits {
             if let Err(e) = self.rotate() {
@@ -341,6 +454,7 @@ impl Writer {
                     offset,
                     object_len: append.object_len,
                 };
+                active.directory_bytes += directory_grows;
                 active.directory.push(DirEntry {
                     namespace: append.namespace,
                     kind: append.kind,
@@ -362,9 +476,9 @@ impl Writer {
 
     /// Seals the active segment (after all its batches are durable) and opens a new one.
     fn rotate(&mut self) -> Result<()> {
-        self.wait_flusher_idle();
+        self.wait_one_idle();
         self.dispatch();
-        self.wait_flusher_idle();
+        self.wait_all_idle();
         if let Some(cause) = self.shared.poisoned() {
             return Err(Error::Poisoned { cause });
         }
@@ -399,6 +513,8 @@ impl Writer {
             batch_offset: SEGMENT_HEADER_BYTES,
             records_limit: records_limit(&self.shared),
             directory: Vec::new(),
+            directory_bytes: 0,
+            unsynced_bytes: 0,
         });
         Ok(())
     }
@@ -419,31 +535,53 @@ fn fail(reply: Reply, error: Error) {
     }
 }
 
-fn flusher_loop(shared: Arc<Shared>, rx: Receiver<Batch>, idle: SyncSender<Msg>) {
+fn flusher_loop(
+    me: usize,
+    shared: Arc<Shared>,
+    order: Arc<FlushOrder>,
+    rx: Receiver<Batch>,
+    idle: SyncSender<Msg>,
+) {
     while let Ok(batch) = rx.recv() {
         let Batch {
+            number,
             segment,
             buf,
             offset,
             commits,
+            sync: needs_sync,
         } = batch;
         assert_eq!(offset % PAGE_BYTES, 0, "batches start page-aligned");
         assert!(offset >= SEGMENT_HEADER_BYTES, "batches never overwrite the segment header");
-        let sync = !commits.is_empty();
         let bytes = buf.len() as u64;
-        let (buf, result) = if let Some(cause) = shared.poisoned() {
-            (buf, Err(Error::Poisoned { cause }))
-        } else {
-            let (buf, result) = segment.file.begin_write(buf, offset, sync).wait();
-            let op = if sync { "write+fdatasync" } else { "write" };
-            (
-                buf,
-                result.map_err(|e| Error::io(op, segment.file.name(), e)),
-            )
+        let file = segment.file.as_ref();
+        // Alone on the device: write and sync in one submission.
+        let sync_with_write = needs_sync && order.lock().written_below == number;
+        let (buf, mut result) = match shared.poisoned() {
+            Some(cause) => (buf, Err(Error::Poisoned { cause })),
+            None => {
+                let (buf, result) = file.begin_write(buf, offset, sync_with_write).wait();
+                let op = if sync_with_write { "write+fdatasync" } else { "write" };
+                (buf, result.map_err(|e| Error::io(op, file.name(), e)))
+            }
         };
+        order.mark_written(number);
+        if needs_sync && !sync_with_write && result.is_ok() {
+            // The sync must cover every earlier batch too (a manifest's chunks, say).
+            order.wait_until(|s| s.written_below > number);
+            result = file
+                .sync_data()
+                .map_err(|e| Error::io("fdatasync", file.name(), e));
+        }
+        order.wait_until(|s| s.acked_below == number);
+        if result.is_ok() {
+            if let Some(cause) = shared.poisoned() {
+                result = Err(Error::Poisoned { cause });
+            }
+        }
         match result {
             Ok(()) => {
-                shared.stats.record_batch(bytes, sync, commits.len());
+                shared.stats.record_batch(bytes, needs_sync, commits.len());
                 {
                     let mut index = shared.write_index();
                     for c in &commits {
@@ -462,9 +600,7 @@ fn flusher_loop(shared: Arc<Shared>, rx: Receiver<Batch>, idle: SyncSender<Msg>)
             Err(e) => {
                 // fsync errors are not retried: the kernel may have dropped the dirty pages.
                 shared.poison(&e);
-                let cause = shared
-                    .poisoned()
-                    .unwrap_or_else(|| e.to_poison_cause());
+                let cause = shared.poisoned().unwrap_or_else(|| e.to_poison_cause());
                 for c in commits {
                     let _ = c.reply.send(Err(Error::Poisoned {
                         cause: cause.clone(),
@@ -472,9 +608,8 @@ fn flusher_loop(shared: Arc<Shared>, rx: Receiver<Batch>, idle: SyncSender<Msg>)
                 }
             }
         }
-        let mut buf = buf;
-        buf.clear();
-        if idle.send(Msg::FlusherIdle(buf)).is_err() {
+        order.mark_acked(number);
+        if idle.send(Msg::FlusherIdle(me, buf)).is_err() {
             break;
         }
     }
