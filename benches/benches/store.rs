@@ -231,6 +231,56 @@ fn summary(results: &Results) {
     }
 }
 
+/// Ratio of engine to raw O_DIRECT throughput from interleaved pairs (raw, engine, engine,
+/// raw, …): the disk's speed drifts by ±20 % over seconds on this machine, so only measurements
+/// taken side by side compare fairly. Returns (median ratio, median engine MB/s, median raw MB/s).
+fn paired(size: usize, writers: usize, per_writer: usize, pairs: usize) -> (f64, f64, f64) {
+    let object = Arc::new(payload(size, size as u64));
+    let bytes = (size * writers * per_writer) as u64;
+    let mut ratios = Vec::new();
+    let mut engine = Vec::new();
+    let mut raw = Vec::new();
+    for i in 0..pairs {
+        let run_raw = || {
+            let dir = bench_dir();
+            raw_direct_write(dir.path(), bytes).expect("raw")
+        };
+        let (r, k) = if i % 2 == 0 {
+            let r = run_raw();
+            (r, put_once(&object, writers, per_writer, i as u64))
+        } else {
+            let k = put_once(&object, writers, per_writer, i as u64);
+            (run_raw(), k)
+        };
+        ratios.push(r.as_secs_f64() / k.as_secs_f64());
+        engine.push(mb_per_s(bytes, k));
+        raw.push(mb_per_s(bytes, r));
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    (median(&mut ratios), median(&mut engine), median(&mut raw))
+}
+
+fn paired_summary(pairs: usize) {
+    println!("\n## Engine vs raw O_DIRECT, interleaved pairs (median of {pairs})\n");
+    println!("| put case | kuvasto MB/s | raw O_DIRECT MB/s | kuvasto / raw |");
+    println!("|---|---|---|---|");
+    for &(size, writers, per_writer) in PUT_CASES {
+        if size < 512 * KIB {
+            continue;
+        }
+        let (ratio, k, r) = paired(size, writers, per_writer, pairs);
+        println!(
+            "| {}/{}w | {k:.0} | {r:.0} | {:.0} % |",
+            size_label(size),
+            writers,
+            100.0 * ratio
+        );
+    }
+}
+
 fn main() {
     let results: Results = Arc::default();
     let mut c = Criterion::default().configure_from_args();
@@ -241,4 +291,8 @@ fn main() {
     reads(&mut c, &results);
     c.final_summary();
     summary(&results);
+    if !filter_reads_only {
+        let test_mode = std::env::args().any(|a| a == "--test");
+        paired_summary(if test_mode { 1 } else { 7 });
+    }
 }

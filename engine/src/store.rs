@@ -6,12 +6,13 @@ use crate::io::uring::UringStorage;
 use crate::io::Storage;
 use crate::segment::compaction::{self, CompactOptions, CompactionReport};
 use crate::segment::format::{
-    block_crcs, encode_manifest, ChunkRef, Namespace, RecordHeader, RecordKind, BATCH_BYTES_LIMIT,
+    encode_manifest, ChunkRef, Namespace, RecordHeader, RecordKind, BATCH_BYTES_LIMIT,
     KEY_BYTES_MAX, MANIFEST_FIXED_BYTES, PAGE_BYTES,
 };
 use crate::segment::reader::{Object, SegmentHandle};
 use crate::segment::recovery::{recover, RecoveryReport};
-use crate::segment::writer::{Append, Msg, Reply, Writer};
+use crate::segment::writer::{Append, Body, LentBytes, Msg, Reply, Writer, FLUSHERS_MAX};
+use std::collections::VecDeque;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +32,9 @@ pub struct StoreConfig {
     pub batch_bytes_max: usize,
     /// Appends waiting for the writer, at most.
     pub requests_queued_max: usize,
+    /// Flusher threads: batches written (and synced) concurrently. Two keep the device busy
+    /// while a batch waits for its `fdatasync`; each holds one batch buffer.
+    pub flushers: usize,
     /// Write segments with `O_DIRECT` (for [`Store::open`]; see `docs/format.md`).
     pub direct_io: bool,
 }
@@ -42,6 +46,7 @@ impl Default for StoreConfig {
             put_buffer_bytes: 4 << 20,
             batch_bytes_max: 8 << 20,
             requests_queued_max: 256,
+            flushers: 2,
             direct_io: true,
         }
     }
@@ -95,6 +100,9 @@ impl StoreConfig {
                 self.record_bytes_max()
             ));
         }
+        if !(1..=FLUSHERS_MAX).contains(&self.flushers) {
+            return bad(format!("flushers must be 1 to {FLUSHERS_MAX}"));
+        }
         if self.requests_queued_max == 0 {
             return bad("requests_queued_max must be at least 1".into());
         }
@@ -121,6 +129,10 @@ pub struct EngineStats {
     pub commits: AtomicU64,
     pub bytes_written: AtomicU64,
     pub commits_per_sync_max: AtomicU64,
+    /// Time flushers spent in batch writes (including a write+sync submitted together).
+    pub write_nanos: AtomicU64,
+    /// Time flushers spent in separate `fdatasync` calls.
+    pub sync_nanos: AtomicU64,
 }
 
 impl EngineStats {
@@ -292,10 +304,73 @@ impl Store {
     }
 
     /// Stores `bytes` under `key`, replacing what was there; returns once durable.
+    ///
+    /// The writer copies straight from `bytes` (no intermediate buffer) and checksums each
+    /// block while it is in cache: one pass over the object's memory.
     pub fn put(&self, namespace: Namespace, key: &[u8], bytes: &[u8]) -> Result<Committed> {
-        let mut stream = self.put_stream(namespace, key)?;
-        stream.write(bytes)?;
-        stream.finish()
+        Self::check_key(key)?;
+        Self::check_namespace(namespace)?;
+        if let Some(cause) = self.shared.poisoned() {
+            return Err(Error::Poisoned { cause });
+        }
+        let config = &self.shared.config;
+        let len = bytes.len() as u64;
+        if len > config.object_bytes_max() {
+            return Err(Error::Limit {
+                what: "object size",
+                value: len,
+                max: config.object_bytes_max(),
+            });
+        }
+        if bytes.len() <= config.put_buffer_bytes {
+            let (reply, rx) = mpsc::sync_channel(1);
+            let append = Append {
+                namespace,
+                kind: RecordKind::Blob,
+                key: key.to_vec(),
+                // SAFETY: we wait for the reply below before returning.
+                body: Body::Lent(unsafe { LentBytes::new(bytes) }),
+                object_len: len,
+                reply: Reply::Commit(reply),
+            };
+            return send_and_wait_commit(&self.tx, append, rx);
+        }
+        let mut lent = LentChunks {
+            outstanding: VecDeque::new(),
+            chunks: Vec::new(),
+        };
+        for piece in bytes.chunks(config.put_buffer_bytes) {
+            let (reply, rx) = mpsc::sync_channel(1);
+            let append = Append {
+                namespace,
+                kind: RecordKind::Chunk,
+                key: key.to_vec(),
+                // SAFETY: `lent` waits for every reply before this function returns, also on
+                // an early return (its Drop drains what is outstanding).
+                body: Body::Lent(unsafe { LentBytes::new(piece) }),
+                object_len: 0,
+                reply: Reply::Chunk(reply),
+            };
+            self.tx.send(Msg::Append(append)).map_err(|_| Error::Closed)?;
+            lent.outstanding.push_back(rx);
+            if lent.outstanding.len() > LENT_CHUNKS_IN_FLIGHT_MAX {
+                lent.wait_oldest()?;
+            }
+        }
+        while !lent.outstanding.is_empty() {
+            lent.wait_oldest()?;
+        }
+        let manifest = encode_manifest(len, &lent.chunks);
+        let (reply, rx) = mpsc::sync_channel(1);
+        let append = Append {
+            namespace,
+            kind: RecordKind::Manifest,
+            key: key.to_vec(),
+            body: Body::Owned(manifest),
+            object_len: len,
+            reply: Reply::Commit(reply),
+        };
+        send_and_wait_commit(&self.tx, append, rx)
     }
 
     /// Starts a streaming put. Nothing is visible until [`PutStream::finish`] returns; a
@@ -337,8 +412,7 @@ impl Store {
             namespace,
             kind: RecordKind::Tombstone,
             key: key.to_vec(),
-            body: Vec::new(),
-            crcs: None,
+            body: Body::Owned(Vec::new()),
             object_len: 0,
             reply: Reply::Commit(reply),
         };
@@ -394,6 +468,35 @@ impl Drop for Store {
     }
 }
 
+/// Chunks a caller's slice may have queued at the writer at once.
+const LENT_CHUNKS_IN_FLIGHT_MAX: usize = 2;
+
+/// Chunks of a lent slice not yet answered by the writer.
+struct LentChunks {
+    outstanding: VecDeque<mpsc::Receiver<(Result<ChunkRef>, Vec<u8>)>>,
+    chunks: Vec<ChunkRef>,
+}
+
+impl LentChunks {
+    fn wait_oldest(&mut self) -> Result<()> {
+        let Some(rx) = self.outstanding.pop_front() else {
+            return Ok(());
+        };
+        let (location, _) = rx.recv().map_err(|_| Error::Closed)?;
+        self.chunks.push(location?);
+        Ok(())
+    }
+}
+
+impl Drop for LentChunks {
+    fn drop(&mut self) {
+        // The writer may still read the lent slice until it answers (or drops) each request.
+        for rx in self.outstanding.drain(..) {
+            let _ = rx.recv();
+        }
+    }
+}
+
 fn send_and_wait_commit(
     tx: &SyncSender<Msg>,
     append: Append,
@@ -427,9 +530,6 @@ impl PutStream {
             });
         }
         while !bytes.is_empty() {
-            if self.buf.capacity() < self.buf_capacity {
-                self.buf.reserve_exact(self.buf_capacity - self.buf.len());
-            }
             let take = (self.buf_capacity - self.buf.len()).min(bytes.len());
             self.buf.extend_from_slice(&bytes[..take]);
             bytes = &bytes[take..];
@@ -452,14 +552,12 @@ impl PutStream {
 
     fn send_chunk(&mut self) -> Result<()> {
         let body = std::mem::take(&mut self.buf);
-        let crcs = block_crcs(&body);
         let (reply, rx) = mpsc::sync_channel(1);
         let append = Append {
             namespace: self.namespace,
             kind: RecordKind::Chunk,
             key: self.key.clone(),
-            body,
-            crcs: Some(crcs),
+            body: Body::Owned(body),
             object_len: 0,
             reply: Reply::Chunk(reply),
         };
@@ -482,14 +580,12 @@ impl PutStream {
             (RecordKind::Manifest, encode_manifest(self.len, &self.chunks))
         };
         assert!(body.len() <= self.buf_capacity, "manifest over the checked object limit");
-        let crcs = block_crcs(&body);
         let (reply, rx) = mpsc::sync_channel(1);
         let append = Append {
             namespace: self.namespace,
             kind,
             key: std::mem::take(&mut self.key),
-            body,
-            crcs: Some(crcs),
+            body: Body::Owned(body),
             object_len: self.len,
             reply: Reply::Commit(reply),
         };

@@ -1,1 +1,52 @@
-fn main(){}
+//! `kuvasto`: the archive server and its operator commands.
+
+use clap::{Parser, Subcommand};
+use kuvasto_server::config::StorageArgs;
+
+#[derive(Parser)]
+#[command(name = "kuvasto", version, about = "Kuvasto: a national medical imaging archive")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server on a data directory (default: ./kuvasto-data).
+    Serve {
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+    /// Open the store, print what recovery found and its sizes, and exit (non-zero on corruption).
+    Check {
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve { storage } => kuvasto_server::serve::serve(&storage),
+        Command::Check { storage } => {
+            let store = kuvasto_server::serve::open_store(&storage)?;
+            let stats = store.stats();
+            println!(
+                "segments {} (sealed {}), {} bytes, {} live keys",
+                stats.segments, stats.sealed_segments, stats.segment_bytes, stats.live_keys
+            );
+            let corruption = store.recovery_report().corruption.len();
+            store.close();
+            if corruption > 0 {
+                anyhow::bail!("{corruption} damaged places found; see the log above");
+            }
+            Ok(())
+        }
+    }
+}

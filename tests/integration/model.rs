@@ -53,6 +53,8 @@ type Value = Option<Vec<u8>>;
 
 struct Harness {
     sim: SimStorage,
+    /// The fault layer of the current epoch (None when opened without faults).
+    faulty: Option<FaultyStorage>,
     store: Option<Store>,
     /// Allowed values per key.
     model: HashMap<u8, Vec<Value>>,
@@ -65,13 +67,15 @@ impl Harness {
             short_write_per_mille: 100,
             ..FaultPlan::default()
         };
-        let storage: Arc<dyn Storage> =
-            Arc::new(FaultyStorage::new(Arc::new(self.sim.clone()), plan, seed));
+        let faulty = FaultyStorage::new(Arc::new(self.sim.clone()), plan, seed);
+        let storage: Arc<dyn Storage> = Arc::new(faulty.clone());
+        self.faulty = Some(faulty);
         let store = Store::open_with(storage, small_config());
         // Opening may itself hit the crash point; then power-cut and open without faults.
         let store = match store {
             Ok(store) => store,
             Err(_) => {
+                self.faulty = None;
                 self.sim.crash(seed);
                 Store::open_with(Arc::new(self.sim.clone()), small_config()).expect("open after crash")
             }
@@ -135,8 +139,9 @@ impl Harness {
                 Err(_) => self.settle(key, None, false),
             },
             Op::Get { key } => {
-                // Reads of a live store never fail, even after a write failure poisoned it.
-                if self.store().poisoned().is_none() {
+                // Reads never fail while the disk works, even after a failed write poisoned
+                // the store; once the simulated machine died they cannot succeed.
+                if !self.faulty.as_ref().is_some_and(FaultyStorage::is_dead) {
                     self.check(key);
                 }
             }
@@ -181,6 +186,7 @@ proptest! {
     ) {
         let mut harness = Harness {
             sim: SimStorage::new(4096),
+            faulty: None,
             store: None,
             model: HashMap::new(),
         };

@@ -26,6 +26,7 @@ pub fn small_config() -> StoreConfig {
         put_buffer_bytes: 16 * 1024,
         batch_bytes_max: 64 * 1024,
         requests_queued_max: 16,
+        flushers: 2,
         direct_io: true,
     }
 }
@@ -38,6 +39,7 @@ pub fn crash_config() -> StoreConfig {
         put_buffer_bytes: 64 * 1024,
         batch_bytes_max: 512 * 1024,
         requests_queued_max: 64,
+        flushers: 2,
         direct_io: true,
     }
 }

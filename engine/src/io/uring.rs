@@ -20,7 +20,7 @@ use std::sync::Arc;
 /// Entries of each per-thread submission queue.
 const RING_ENTRIES: u32 = 64;
 /// Largest single write SQE; larger batches are split so the device works on several at once.
-const WRITE_SQE_BYTES_MIN: usize = 1 << 20;
+const WRITE_SQE_BYTES_MIN: usize = 2 << 20;
 /// At most this many write SQEs per batch (one more for the fsync).
 const WRITE_SQES_PER_BATCH_MAX: usize = 32;
 const USER_DATA_FSYNC: u64 = u64::MAX;

@@ -136,7 +136,7 @@ impl<'a> Output<'a> {
         let len = header.record_len() as usize;
         let at = self.buf.len();
         self.buf.set_len(at + len);
-        encode_record(&mut self.buf[at..at + len], header, key, body, None);
+        encode_record(&mut self.buf[at..at + len], header, key, body);
         if header.kind.is_findable() {
             self.directory_bytes += dir_entry_bytes(key.len());
             self.directory.push(DirEntry {

@@ -373,44 +373,37 @@ pub fn verify_blocks(crcs: &[u32], first_block: u64, blocks: &[u8]) -> Result<()
 }
 
 /// Writes a complete record into `out` (exactly `header.record_len()` long), every byte.
-/// `crcs` are the body's block checksums (computed here when `None`).
-pub fn encode_record(
-    out: &mut [u8],
-    header: &RecordHeader,
-    key: &[u8],
-    body: &[u8],
-    crcs: Option<&[u32]>,
-) {
+/// Block checksums are computed right after each block is copied, while it is still in cache
+/// (one pass over memory, not two).
+pub fn encode_record(out: &mut [u8], header: &RecordHeader, key: &[u8], body: &[u8]) {
     debug_assert_eq!(out.len() as u64, header.record_len());
     debug_assert_eq!(key.len(), usize::from(header.key_len));
     debug_assert_eq!(body.len() as u64, header.body_len);
     header.encode_fixed(&mut out[0..64]);
     let key_end = 64 + key.len();
     out[64..key_end].copy_from_slice(key);
-    let mut at = key_end;
-    if header.kind != RecordKind::Padding {
-        let computed;
-        let crcs = match crcs {
-            Some(c) => c,
-            None => {
-                computed = block_crcs(body);
-                &computed
-            }
-        };
-        debug_assert_eq!(crcs.len() as u64, block_count(header.body_len));
-        for crc in crcs {
+    let body_at = header.body_offset() as usize;
+    let table_end = if header.kind == RecordKind::Padding {
+        key_end
+    } else {
+        key_end + 4 * block_count(header.body_len) as usize
+    };
+    // Alignment gaps are zeroed here, so callers may reuse buffers without clearing them.
+    out[table_end..body_at].fill(0);
+    out[body_at + body.len()..].fill(0);
+    let block = BLOCK_BYTES as usize;
+    for (i, src) in body.chunks(block).enumerate() {
+        let dst = &mut out[body_at + i * block..body_at + i * block + src.len()];
+        dst.copy_from_slice(src);
+        if header.kind != RecordKind::Padding {
+            let crc = crc32fast::hash(dst);
+            let at = key_end + 4 * i;
             out[at..at + 4].copy_from_slice(&crc.to_le_bytes());
-            at += 4;
         }
     }
     let seed = record_seed(header.segment_id, header.offset);
-    let crc = crc_seeded(seed, &[&out[0..60], &out[64..at]]);
+    let crc = crc_seeded(seed, &[&out[0..60], &out[64..table_end]]);
     out[60..64].copy_from_slice(&crc.to_le_bytes());
-    let body_at = header.body_offset() as usize;
-    // Alignment gaps are zeroed here, so callers may reuse buffers without clearing them.
-    out[at..body_at].fill(0);
-    out[body_at..body_at + body.len()].copy_from_slice(body);
-    out[body_at + body.len()..].fill(0);
 }
 
 /// Bytes of padding to put after `end` so that the next batch starts page-aligned (0, or at
@@ -714,7 +707,7 @@ mod tests {
         let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let h = header(RecordKind::Blob, key, body.len() as u64);
         let mut out = vec![0u8; h.record_len() as usize];
-        encode_record(&mut out, &h, key, &body, None);
+        encode_record(&mut out, &h, key, &body);
         let parsed = RecordHeader::parse(&out, 7, 4096).expect("parses");
         assert_eq!(parsed, h);
         let (k, crcs) =

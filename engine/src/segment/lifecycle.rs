@@ -121,7 +121,7 @@ pub fn seal_segment(
     let final_len = records_end + footer_len;
     let mut buf = AlignedBuf::with_capacity(footer_len as usize);
     buf.set_len(footer_len as usize);
-    encode_record(&mut buf[..directory_len as usize], &header, &[], &body, None);
+    encode_record(&mut buf[..directory_len as usize], &header, &[], &body);
     Trailer {
         segment_id,
         records_end,

@@ -57,6 +57,8 @@ pub struct RecoveryReport {
     pub sealed_now: Vec<u64>,
     /// Unfinished compaction outputs removed.
     pub temp_files_removed: Vec<String>,
+    /// Segment files whose creation a crash interrupted (all zeros), removed.
+    pub incomplete_removed: Vec<String>,
     /// Damage that is not a torn tail. Never served; an operator must look.
     pub corruption: Vec<CorruptionFound>,
 }
@@ -145,18 +147,27 @@ pub(crate) fn recover(
             }
         }
         let handle = Arc::new(SegmentHandle::new(id, file));
-        match SegmentHeader::decode(&map) {
-            Ok(h) if h.segment_id == id => {}
-            Ok(h) => report.corruption.push(CorruptionFound {
+        let header_problem = match SegmentHeader::decode(&map) {
+            Ok(h) if h.segment_id == id => None,
+            Ok(h) => Some(format!("segment header names segment {}", h.segment_id)),
+            Err(reason) => Some(reason),
+        };
+        if header_problem.is_some() && map.iter().all(|&b| b == 0) {
+            // A crash while the segment was being created: nothing was ever written to it.
+            drop(handle);
+            drop(map);
+            storage
+                .remove(&name)
+                .map_err(|e| Error::io("remove", name.as_str(), e))?;
+            report.incomplete_removed.push(name);
+            continue;
+        }
+        if let Some(reason) = &header_problem {
+            report.corruption.push(CorruptionFound {
                 segment_id: id,
                 offset: 0,
-                reason: format!("segment header names segment {}", h.segment_id),
-            }),
-            Err(reason) => report.corruption.push(CorruptionFound {
-                segment_id: id,
-                offset: 0,
-                reason,
-            }),
+                reason: reason.clone(),
+            });
         }
         let trailer = if len >= SEGMENT_HEADER_BYTES + TRAILER_BYTES {
             Trailer::decode(&map[(len - TRAILER_BYTES) as usize..], id, len)
@@ -201,7 +212,8 @@ pub(crate) fn recover(
                     seq_max = seq_max.max(r.header.seq);
                 }
                 let mut records = scan.records;
-                let mut must_seal = scan.directory_at.is_some();
+                // Never append to a segment whose header is damaged.
+                let mut must_seal = scan.directory_at.is_some() || header_problem.is_some();
                 let mut valid_end = scan.valid_end;
                 if let Some(first) = scan.damage.first() {
                     let damage_start = first.offset;
@@ -248,6 +260,12 @@ pub(crate) fn recover(
         }
         segments.push(handle);
     }
+
+    // Whatever names exist now become durable before anything is appended to them: a file
+    // created just before a crash may exist without its directory entry being durable yet.
+    storage
+        .sync_dir()
+        .map_err(|e| Error::io("fsync directory", "data directory", e))?;
 
     // The newest unsealed segment continues as the active one; any other is sealed now.
     let active_id = unsealed

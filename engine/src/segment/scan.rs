@@ -210,7 +210,7 @@ mod tests {
                 flags: 0,
             };
             let len = h.record_len() as usize;
-            encode_record(&mut bytes[offset as usize..offset as usize + len], &h, key, body, None);
+            encode_record(&mut bytes[offset as usize..offset as usize + len], &h, key, body);
             offsets.push(offset);
             offset += len as u64;
             let pad = padding_bytes(offset) as usize;

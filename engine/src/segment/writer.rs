@@ -1,4 +1,4 @@
-//! The group-commit writer: one writer thread and [`FLUSHERS`] flusher threads that turn
+//! The group-commit writer: one writer thread and `StoreConfig::flushers` threads that turn
 //! appends into durable, findable records.
 //!
 //! The **writer** thread receives appends from every put, serializes each record into the
@@ -12,7 +12,7 @@
 //! shares one `fdatasync` (group commit). A batch that finds no earlier batch in flight
 //! submits its writes and a drained `fdatasync` together.
 //!
-//! Memory is bounded: `FLUSHERS + 1` batch buffers plus the bounded request queue.
+//! Memory is bounded: `flushers + 1` batch buffers plus the bounded request queue.
 //!
 //! Invariants (asserted where cheap):
 //! - a findable record is published and acknowledged only after an `fdatasync` that started
@@ -34,11 +34,12 @@ use crate::io::AlignedBuf;
 use crate::store::{Committed, Shared};
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-/// Flusher threads: two keep the device busy while a batch waits for its `fdatasync`.
-pub const FLUSHERS: usize = 2;
+/// Most flusher threads a configuration may ask for.
+pub const FLUSHERS_MAX: usize = 8;
 
 /// How an append is answered.
 pub(crate) enum Reply {
@@ -49,14 +50,63 @@ pub(crate) enum Reply {
     Commit(SyncSender<Result<Committed>>),
 }
 
+/// Bytes of a record body, owned or lent by a caller that waits for the reply.
+pub(crate) enum Body {
+    Owned(Vec<u8>),
+    Lent(LentBytes),
+}
+
+/// A caller's slice, copied by the writer without an intermediate copy.
+pub(crate) struct LentBytes {
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: the lender (Store::put) does not return before the writer answered the request or
+// dropped it, and the writer only reads the bytes while serializing (before it answers), so
+// the slice is alive and unchanged whenever the writer thread reads it.
+unsafe impl Send for LentBytes {}
+
+impl LentBytes {
+    /// # Safety
+    /// `bytes` must stay alive and unmodified until the request carrying this value has been
+    /// answered or dropped (the reply channel reports either).
+    pub(crate) unsafe fn new(bytes: &[u8]) -> Self {
+        LentBytes {
+            ptr: bytes.as_ptr(),
+            len: bytes.len(),
+        }
+    }
+}
+
+impl Body {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Body::Owned(v) => v,
+            // SAFETY: see LentBytes: the lender keeps the slice alive until answered.
+            Body::Lent(l) => unsafe { std::slice::from_raw_parts(l.ptr, l.len) },
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    /// The owned buffer back for reuse (empty for lent bytes).
+    fn into_reusable(self) -> Vec<u8> {
+        match self {
+            Body::Owned(v) => v,
+            Body::Lent(_) => Vec::new(),
+        }
+    }
+}
+
 /// One record to append.
 pub(crate) struct Append {
     pub namespace: Namespace,
     pub kind: RecordKind,
     pub key: Vec<u8>,
-    pub body: Vec<u8>,
-    /// Block checksums computed by the caller (off the writer thread), if any.
-    pub crcs: Option<Vec<u32>>,
+    pub body: Body,
     pub object_len: u64,
     pub reply: Reply,
 }
@@ -192,9 +242,10 @@ impl Writer {
     ) -> Result<(SyncSender<Msg>, JoinHandle<()>)> {
         let (tx, rx) = mpsc::sync_channel(shared.config.requests_queued_max);
         let order = Arc::new(FlushOrder::default());
-        let mut flush_txs = Vec::with_capacity(FLUSHERS);
-        let mut flushers = Vec::with_capacity(FLUSHERS);
-        for n in 0..FLUSHERS {
+        let count = shared.config.flushers;
+        let mut flush_txs = Vec::with_capacity(count);
+        let mut flushers = Vec::with_capacity(count);
+        for n in 0..count {
             let (flush_tx, flush_rx) = mpsc::sync_channel::<Batch>(1);
             let (flusher_shared, idle, order) = (shared.clone(), tx.clone(), order.clone());
             let flusher = std::thread::Builder::new()
@@ -219,7 +270,7 @@ impl Writer {
             tx_self: tx.clone(),
             flush_txs,
             flushers,
-            idle: (0..FLUSHERS).collect(),
+            idle: (0..count).collect(),
             batch_number: 0,
             active,
             batch: AlignedBuf::with_capacity(capacity),
@@ -433,8 +484,7 @@ impl Writer {
             &mut self.batch[start..],
             &header,
             &append.key,
-            &append.body,
-            append.crcs.as_deref(),
+            append.body.as_slice(),
         );
         match append.reply {
             Reply::Chunk(reply) => {
@@ -443,7 +493,7 @@ impl Writer {
                     offset,
                     len: append.body.len() as u64,
                 };
-                let _ = reply.send((Ok(location), append.body));
+                let _ = reply.send((Ok(location), append.body.into_reusable()));
             }
             Reply::Commit(reply) => {
                 let entry = Entry {
@@ -555,23 +605,33 @@ fn flusher_loop(
         assert!(offset >= SEGMENT_HEADER_BYTES, "batches never overwrite the segment header");
         let bytes = buf.len() as u64;
         let file = segment.file.as_ref();
-        // Alone on the device: write and sync in one submission.
-        let sync_with_write = needs_sync && order.lock().written_below == number;
+        // Writes take turns in batch order: the device sees one sequential stream (it is
+        // fastest so), while an earlier batch's fdatasync overlaps this batch's write.
+        order.wait_until(|s| s.written_below == number);
         let (buf, mut result) = match shared.poisoned() {
             Some(cause) => (buf, Err(Error::Poisoned { cause })),
             None => {
-                let (buf, result) = file.begin_write(buf, offset, sync_with_write).wait();
-                let op = if sync_with_write { "write+fdatasync" } else { "write" };
-                (buf, result.map_err(|e| Error::io(op, file.name(), e)))
+                let started = std::time::Instant::now();
+                let (buf, result) = file.begin_write(buf, offset, false).wait();
+                shared
+                    .stats
+                    .write_nanos
+                    .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                (buf, result.map_err(|e| Error::io("write", file.name(), e)))
             }
         };
         order.mark_written(number);
-        if needs_sync && !sync_with_write && result.is_ok() {
+        if needs_sync && result.is_ok() {
             // The sync must cover every earlier batch too (a manifest's chunks, say).
             order.wait_until(|s| s.written_below > number);
+            let started = std::time::Instant::now();
             result = file
                 .sync_data()
                 .map_err(|e| Error::io("fdatasync", file.name(), e));
+            shared
+                .stats
+                .sync_nanos
+                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         }
         order.wait_until(|s| s.acked_below == number);
         if result.is_ok() {

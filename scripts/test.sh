@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Runs Kuvasto's whole test suite, installing what it needs first. CI (.ci/run) calls this.
+#
+#   FUZZ_SECONDS          seconds per fuzz target (default 60; 0 skips fuzzing)
+#   KUVASTO_CRASH_CYCLES  kill -9 cycles of the crash test (default 15)
+#   KUVASTO_MODEL_CASES   proptest cases of the model test (default 96)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FUZZ_SECONDS="${FUZZ_SECONDS:-60}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+mkdir -p target
+step() { printf '\n==> %s\n' "$*"; }
+
+step "toolchain components (rustfmt, clippy)"
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    rustup component add rustfmt clippy
+fi
+
+step "format"
+cargo fmt --all -- --check
+
+step "lint"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "tests: unit, property, fault injection, kill -9"
+cargo test --workspace 2>&1 | tee target/test.log
+passed=$(grep -Eo '^test result: .* ([0-9]+) passed' target/test.log | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '([0-9]+) failed' target/test.log | awk '{s+=$1} END {print s+0}')
+
+step "benches, one iteration each (they must keep working; figures come from full runs)"
+cargo bench -p kuvasto-benches -- --test
+
+if [ "$FUZZ_SECONDS" -gt 0 ]; then
+    step "fuzzing every target for ${FUZZ_SECONDS}s"
+    if ! cargo fuzz --version >/dev/null 2>&1; then
+        cargo install cargo-fuzz --locked
+    fi
+    # Seeds: real segment files (sealed and unsealed) written by the engine.
+    for target in $(cargo fuzz list); do
+        cargo run -q -p kuvasto-tests --bin make_fuzz_seeds -- "fuzz/corpus/$target"
+    done
+    for target in $(cargo fuzz list); do
+        step "fuzz $target"
+        # AddressSanitizer needs unstable flags; RUSTC_BOOTSTRAP lets the stable compiler take them.
+        RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- \
+            -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 -max_len=131072 -print_final_stats=1
+    done
+fi
+
+step "summary"
+echo "tests: ${passed} passed, ${failed} failed"
