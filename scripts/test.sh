@@ -3,7 +3,7 @@
 #
 #   FUZZ_SECONDS          seconds per fuzz target (default 60; 0 skips fuzzing)
 #   KUVASTO_CRASH_CYCLES  kill -9 cycles of the crash test (default 15)
-#   KUVASTO_MODEL_CASES   proptest cases of the model test (default 96)
+#   KUVASTO_MODEL_CASES   proptest cases of the model test (default 400)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FUZZ_SECONDS="${FUZZ_SECONDS:-60}"
