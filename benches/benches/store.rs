@@ -69,7 +69,9 @@ fn put_once(object: &Arc<Vec<u8>>, writers: usize, per_writer: usize, iteration:
             scope.spawn(move || {
                 for i in 0..per_writer {
                     let key = format!("{iteration}-{w}-{i}");
-                    store.put(Namespace::OBJECT, key.as_bytes(), &object).expect("put");
+                    store
+                        .put(Namespace::OBJECT, key.as_bytes(), &object)
+                        .expect("put");
                 }
             });
         }
@@ -96,32 +98,54 @@ fn puts(c: &mut Criterion, results: &Results) {
                 let mut total = Duration::ZERO;
                 for i in 0..iters {
                     let elapsed = put_once(&object, writers, per_writer, i);
-                    record(results, &format!("put kuvasto {label}"), bytes, objects, elapsed);
+                    record(
+                        results,
+                        &format!("put kuvasto {label}"),
+                        bytes,
+                        objects,
+                        elapsed,
+                    );
                     total += elapsed;
                 }
                 total
             })
         });
-        group.bench_with_input(BenchmarkId::new("write_all+sync_data", &label), &(), |b, ()| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let dir = bench_dir();
-                    let elapsed =
-                        naive_write_fsync(dir.path(), &object, per_writer, writers).expect("naive");
-                    record(results, &format!("put naive {label}"), bytes, objects, elapsed);
-                    total += elapsed;
-                }
-                total
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::new("write_all+sync_data", &label),
+            &(),
+            |b, ()| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let dir = bench_dir();
+                        let elapsed = naive_write_fsync(dir.path(), &object, per_writer, writers)
+                            .expect("naive");
+                        record(
+                            results,
+                            &format!("put naive {label}"),
+                            bytes,
+                            objects,
+                            elapsed,
+                        );
+                        total += elapsed;
+                    }
+                    total
+                })
+            },
+        );
         group.bench_with_input(BenchmarkId::new("raw-odirect", &label), &(), |b, ()| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     let dir = bench_dir();
                     let elapsed = raw_direct_write(dir.path(), bytes).expect("raw");
-                    record(results, &format!("put raw {label}"), bytes, objects, elapsed);
+                    record(
+                        results,
+                        &format!("put raw {label}"),
+                        bytes,
+                        objects,
+                        elapsed,
+                    );
                     total += elapsed;
                 }
                 total
@@ -148,7 +172,9 @@ fn reads(c: &mut Criterion, results: &Results) {
         let count = (64 * MIB / size).clamp(1, 256);
         let object = payload(size, 3);
         for i in 0..count {
-            store.put(Namespace::OBJECT, format!("{size}-{i}").as_bytes(), &object).expect("put");
+            store
+                .put(Namespace::OBJECT, format!("{size}-{i}").as_bytes(), &object)
+                .expect("put");
         }
         drop(store); // reopening seals nothing new, but maps every sealed segment
         let store = Store::open(dir.path(), config.clone()).expect("reopen");
@@ -179,7 +205,13 @@ fn reads(c: &mut Criterion, results: &Results) {
                     std::hint::black_box(sum);
                 }
                 let elapsed = start.elapsed();
-                record(results, &format!("get kuvasto {label}"), bytes * iters, count as u64 * iters, elapsed);
+                record(
+                    results,
+                    &format!("get kuvasto {label}"),
+                    bytes * iters,
+                    count as u64 * iters,
+                    elapsed,
+                );
                 elapsed
             })
         });
@@ -189,7 +221,13 @@ fn reads(c: &mut Criterion, results: &Results) {
                 for _ in 0..iters {
                     total += cached_read(&baseline, bytes).expect("pread");
                 }
-                record(results, &format!("get pread {label}"), bytes * iters, count as u64 * iters, total);
+                record(
+                    results,
+                    &format!("get pread {label}"),
+                    bytes * iters,
+                    count as u64 * iters,
+                    total,
+                );
                 total
             })
         });
@@ -200,8 +238,12 @@ fn reads(c: &mut Criterion, results: &Results) {
 fn summary(results: &Results) {
     let map = results.lock().unwrap_or_else(|p| p.into_inner());
     let rate = |name: &str| {
-        map.get(name)
-            .map(|t| (mb_per_s(t.bytes, t.elapsed), t.objects as f64 / t.elapsed.as_secs_f64().max(1e-9)))
+        map.get(name).map(|t| {
+            (
+                mb_per_s(t.bytes, t.elapsed),
+                t.objects as f64 / t.elapsed.as_secs_f64().max(1e-9),
+            )
+        })
     };
     println!("\n## Kuvasto bench summary (MB/s = 10^6 bytes/s; ratios measured in this run)\n");
     println!("| put case | kuvasto MB/s | objects/s | naive write+fsync MB/s | raw O_DIRECT MB/s | vs naive | vs raw O_DIRECT |");
@@ -217,17 +259,33 @@ fn summary(results: &Results) {
         };
         println!(
             "| {label} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2}× | {:.0} % |",
-            k.0, k.1, n.0, r.0, k.0 / n.0, 100.0 * k.0 / r.0
+            k.0,
+            k.1,
+            n.0,
+            r.0,
+            k.0 / n.0,
+            100.0 * k.0 / r.0
         );
     }
-    println!("\n| get case | kuvasto MB/s (verified) | objects/s | pread (page cache) MB/s | ratio |");
+    println!(
+        "\n| get case | kuvasto MB/s (verified) | objects/s | pread (page cache) MB/s | ratio |"
+    );
     println!("|---|---|---|---|---|");
     for size in [4 * KIB, 512 * KIB, 50 * MIB] {
         let label = size_label(size);
-        let (Some(k), Some(p)) = (rate(&format!("get kuvasto {label}")), rate(&format!("get pread {label}"))) else {
+        let (Some(k), Some(p)) = (
+            rate(&format!("get kuvasto {label}")),
+            rate(&format!("get pread {label}")),
+        ) else {
             continue;
         };
-        println!("| {label} | {:.0} | {:.0} | {:.0} | {:.2}× |", k.0, k.1, p.0, k.0 / p.0);
+        println!(
+            "| {label} | {:.0} | {:.0} | {:.0} | {:.2}× |",
+            k.0,
+            k.1,
+            p.0,
+            k.0 / p.0
+        );
     }
 }
 

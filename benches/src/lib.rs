@@ -24,7 +24,12 @@ pub fn payload(len: usize, seed: u64) -> Vec<u8> {
 
 /// The naive durable loop: for each object, `write_all` then `sync_data` (one file per writer,
 /// `writers` threads). Returns the elapsed time.
-pub fn naive_write_fsync(dir: &Path, object: &[u8], per_writer: usize, writers: usize) -> io::Result<Duration> {
+pub fn naive_write_fsync(
+    dir: &Path,
+    object: &[u8],
+    per_writer: usize,
+    writers: usize,
+) -> io::Result<Duration> {
     let files: Vec<File> = (0..writers)
         .map(|w| File::create(dir.join(format!("naive-{w}"))))
         .collect::<io::Result<_>>()?;
@@ -43,7 +48,8 @@ pub fn naive_write_fsync(dir: &Path, object: &[u8], per_writer: usize, writers: 
             })
             .collect();
         for h in handles {
-            h.join().map_err(|_| io::Error::other("writer panicked"))??;
+            h.join()
+                .map_err(|_| io::Error::other("writer panicked"))??;
         }
         Ok(())
     })?;

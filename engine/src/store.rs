@@ -12,8 +12,8 @@ use crate::segment::format::{
 use crate::segment::reader::{Object, SegmentHandle};
 use crate::segment::recovery::{recover, RecoveryReport};
 use crate::segment::writer::{Append, Body, LentBytes, Msg, Reply, Writer, FLUSHERS_MAX};
-use std::collections::VecDeque;
 use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender};
@@ -212,7 +212,14 @@ impl Shared {
                 return Ok(None);
             }
             let lookup = |id: u64| self.segment(id);
-            match Object::open(&lookup, entry.segment_id, entry.offset, namespace, key, entry.seq)? {
+            match Object::open(
+                &lookup,
+                entry.segment_id,
+                entry.offset,
+                namespace,
+                key,
+                entry.seq,
+            )? {
                 Ok(object) => return Ok(Some(object)),
                 Err(_gone) => continue,
             }
@@ -351,7 +358,9 @@ impl Store {
                 object_len: 0,
                 reply: Reply::Chunk(reply),
             };
-            self.tx.send(Msg::Append(append)).map_err(|_| Error::Closed)?;
+            self.tx
+                .send(Msg::Append(append))
+                .map_err(|_| Error::Closed)?;
             lent.outstanding.push_back(rx);
             if lent.outstanding.len() > LENT_CHUNKS_IN_FLIGHT_MAX {
                 lent.wait_oldest()?;
@@ -437,10 +446,7 @@ impl Store {
 
     pub fn stats(&self) -> StoreStats {
         let segments = self.shared.read_segments();
-        let segment_bytes = segments
-            .values()
-            .map(|s| s.file.len().unwrap_or(0))
-            .sum();
+        let segment_bytes = segments.values().map(|s| s.file.len().unwrap_or(0)).sum();
         StoreStats {
             segments: segments.len(),
             sealed_segments: segments.values().filter(|s| s.is_sealed()).count(),
@@ -561,7 +567,9 @@ impl PutStream {
             object_len: 0,
             reply: Reply::Chunk(reply),
         };
-        self.tx.send(Msg::Append(append)).map_err(|_| Error::Closed)?;
+        self.tx
+            .send(Msg::Append(append))
+            .map_err(|_| Error::Closed)?;
         let (location, mut returned) = rx.recv().map_err(|_| Error::Closed)?;
         returned.clear();
         self.buf = returned;
@@ -577,9 +585,15 @@ impl PutStream {
             if !self.buf.is_empty() {
                 self.send_chunk()?;
             }
-            (RecordKind::Manifest, encode_manifest(self.len, &self.chunks))
+            (
+                RecordKind::Manifest,
+                encode_manifest(self.len, &self.chunks),
+            )
         };
-        assert!(body.len() <= self.buf_capacity, "manifest over the checked object limit");
+        assert!(
+            body.len() <= self.buf_capacity,
+            "manifest over the checked object limit"
+        );
         let (reply, rx) = mpsc::sync_channel(1);
         let append = Append {
             namespace: self.namespace,

@@ -4,7 +4,11 @@ use clap::{Parser, Subcommand};
 use kuvasto_server::config::StorageArgs;
 
 #[derive(Parser)]
-#[command(name = "kuvasto", version, about = "Kuvasto: a national medical imaging archive")]
+#[command(
+    name = "kuvasto",
+    version,
+    about = "Kuvasto: a national medical imaging archive"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

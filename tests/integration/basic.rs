@@ -37,13 +37,27 @@ fn exercise_round_trip(open: &dyn Fn() -> Store) {
         assert_eq!(got.len(), big.len() as u64);
         assert_eq!(got.read_all().expect("read"), big);
         // Ranges inside one chunk, across chunk boundaries, and at the end.
-        for (from, to) in [(0, 1), (16_380, 16_390), (5000, 120_000), (299_990, 300_000)] {
-            assert_eq!(got.read_range(from..to).expect("range"), &big[from as usize..to as usize]);
+        for (from, to) in [
+            (0, 1),
+            (16_380, 16_390),
+            (5000, 120_000),
+            (299_990, 300_000),
+        ] {
+            assert_eq!(
+                got.read_range(from..to).expect("range"),
+                &big[from as usize..to as usize]
+            );
         }
-        assert!(matches!(got.read_range(10..300_001), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            got.read_range(10..300_001),
+            Err(Error::InvalidArgument(_))
+        ));
         let empty = store.get(NS, b"empty").expect("get").expect("present");
         assert!(empty.is_empty());
-        let meta = store.get(Namespace::METADATA, b"small").expect("get").expect("present");
+        let meta = store
+            .get(Namespace::METADATA, b"small")
+            .expect("get")
+            .expect("present");
         assert_eq!(meta.read_all().expect("read"), b"other namespace");
         assert!(store.get(NS, b"missing").expect("get").is_none());
     };
@@ -59,7 +73,12 @@ fn exercise_round_trip(open: &dyn Fn() -> Store) {
     drop(store);
     let store = open();
     assert_eq!(
-        store.get(NS, b"small").expect("get").expect("present").read_all().expect("read"),
+        store
+            .get(NS, b"small")
+            .expect("get")
+            .expect("present")
+            .read_all()
+            .expect("read"),
         b"replaced"
     );
     assert!(store.get(NS, b"big").expect("get").is_none());
@@ -107,10 +126,26 @@ fn an_abandoned_stream_leaves_nothing_visible() {
     let mut stream = store.put_stream(NS, b"k").expect("stream");
     stream.write(&content(3, 100_000)).expect("write");
     drop(stream);
-    assert_eq!(store.get(NS, b"k").expect("get").expect("present").read_all().expect("read"), b"old");
+    assert_eq!(
+        store
+            .get(NS, b"k")
+            .expect("get")
+            .expect("present")
+            .read_all()
+            .expect("read"),
+        b"old"
+    );
     drop(store);
     let store = Store::open_with(storage, small_config()).expect("reopen");
-    assert_eq!(store.get(NS, b"k").expect("get").expect("present").read_all().expect("read"), b"old");
+    assert_eq!(
+        store
+            .get(NS, b"k")
+            .expect("get")
+            .expect("present")
+            .read_all()
+            .expect("read"),
+        b"old"
+    );
 }
 
 #[test]
@@ -118,17 +153,40 @@ fn limits_are_enforced_with_clear_errors() {
     let (_sim, storage) = sim();
     let store = Store::open_with(storage, small_config()).expect("open");
     let long_key = vec![b'k'; 2000];
-    assert!(matches!(store.put(NS, &long_key, b"x"), Err(Error::Limit { what: "key length", .. })));
-    assert!(matches!(store.put(Namespace::NONE, b"k", b"x"), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        store.put(NS, &long_key, b"x"),
+        Err(Error::Limit {
+            what: "key length",
+            ..
+        })
+    ));
+    assert!(matches!(
+        store.put(Namespace::NONE, b"k", b"x"),
+        Err(Error::InvalidArgument(_))
+    ));
     let max = small_config().object_bytes_max();
     let mut stream = store.put_stream(NS, b"huge").expect("stream");
-    let err = stream.write(&vec![0u8; max as usize + 1]).expect_err("over the limit");
-    assert!(matches!(err, Error::Limit { what: "object size", .. }), "{err}");
+    let err = stream
+        .write(&vec![0u8; max as usize + 1])
+        .expect_err("over the limit");
+    assert!(
+        matches!(
+            err,
+            Error::Limit {
+                what: "object size",
+                ..
+            }
+        ),
+        "{err}"
+    );
     let bad = StoreConfig {
         put_buffer_bytes: 1000,
         ..small_config()
     };
-    assert!(matches!(Store::open_with(Arc::new(SimStorage::new(1)), bad), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        Store::open_with(Arc::new(SimStorage::new(1)), bad),
+        Err(Error::InvalidArgument(_))
+    ));
 }
 
 #[test]
@@ -141,7 +199,9 @@ fn concurrent_writers_share_fsyncs() {
             std::thread::spawn(move || {
                 for i in 0..50u64 {
                     let key = format!("w{w}-{i}");
-                    store.put(NS, key.as_bytes(), &content(w * 1000 + i, 3000)).expect("put");
+                    store
+                        .put(NS, key.as_bytes(), &content(w * 1000 + i, 3000))
+                        .expect("put");
                 }
             })
         })
@@ -153,11 +213,17 @@ fn concurrent_writers_share_fsyncs() {
     let commits = stats.commits.load(std::sync::atomic::Ordering::Relaxed);
     let syncs = stats.syncs.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(commits, 400);
-    assert!(syncs < commits, "group commit: {syncs} syncs for {commits} commits");
+    assert!(
+        syncs < commits,
+        "group commit: {syncs} syncs for {commits} commits"
+    );
     for w in 0..8u64 {
         for i in 0..50u64 {
             let key = format!("w{w}-{i}");
-            let got = store.get(NS, key.as_bytes()).expect("get").expect("present");
+            let got = store
+                .get(NS, key.as_bytes())
+                .expect("get")
+                .expect("present");
             assert_eq!(got.read_all().expect("read"), content(w * 1000 + i, 3000));
         }
     }
@@ -169,14 +235,18 @@ fn compaction_reclaims_space_while_reads_continue() {
     let store = Arc::new(Store::open(dir.path(), small_config()).expect("open"));
     // Fill several segments, then delete or overwrite most keys.
     for i in 0..200u64 {
-        store.put(NS, format!("k{i}").as_bytes(), &content(i, 20_000)).expect("put");
+        store
+            .put(NS, format!("k{i}").as_bytes(), &content(i, 20_000))
+            .expect("put");
     }
     // A streamed object whose chunks span segments survives compaction whole.
     let streamed = content(999, 200_000);
     store.put(NS, b"streamed", &streamed).expect("put streamed");
     for i in 0..200u64 {
         if i % 4 != 0 {
-            store.delete(NS, format!("k{i}").as_bytes()).expect("delete");
+            store
+                .delete(NS, format!("k{i}").as_bytes())
+                .expect("delete");
         }
     }
     let before = store.stats();
@@ -189,8 +259,14 @@ fn compaction_reclaims_space_while_reads_continue() {
             let mut reads = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) || reads < 50 {
                 for i in (0..200u64).step_by(4) {
-                    let got = store.get(NS, format!("k{i}").as_bytes()).expect("get").expect("kept");
-                    assert_eq!(got.read_all().expect("read during compaction"), content(i, 20_000));
+                    let got = store
+                        .get(NS, format!("k{i}").as_bytes())
+                        .expect("get")
+                        .expect("kept");
+                    assert_eq!(
+                        got.read_all().expect("read during compaction"),
+                        content(i, 20_000)
+                    );
                     reads += 1;
                 }
                 let got = store.get(NS, b"streamed").expect("get").expect("kept");
@@ -205,9 +281,16 @@ fn compaction_reclaims_space_while_reads_continue() {
     assert!(!report.segments_removed.is_empty(), "{report:?}");
     assert!(report.bytes_after < report.bytes_before, "{report:?}");
     let after = store.stats();
-    assert!(after.segment_bytes < before.segment_bytes, "{before:?} -> {after:?}");
+    assert!(
+        after.segment_bytes < before.segment_bytes,
+        "{before:?} -> {after:?}"
+    );
     for name in std::fs::read_dir(dir.path()).expect("ls") {
-        let name = name.expect("entry").file_name().into_string().expect("utf8");
+        let name = name
+            .expect("entry")
+            .file_name()
+            .into_string()
+            .expect("utf8");
         assert!(!name.ends_with(".tmp"), "temporary file left: {name}");
     }
     drop(store);
@@ -216,12 +299,23 @@ fn compaction_reclaims_space_while_reads_continue() {
     for i in 0..200u64 {
         let got = store.get(NS, format!("k{i}").as_bytes()).expect("get");
         if i % 4 == 0 {
-            assert_eq!(got.expect("kept").read_all().expect("read"), content(i, 20_000));
+            assert_eq!(
+                got.expect("kept").read_all().expect("read"),
+                content(i, 20_000)
+            );
         } else {
             assert!(got.is_none(), "k{i} deleted before compaction is back");
         }
     }
-    assert_eq!(store.get(NS, b"streamed").expect("get").expect("kept").read_all().expect("read"), streamed);
+    assert_eq!(
+        store
+            .get(NS, b"streamed")
+            .expect("get")
+            .expect("kept")
+            .read_all()
+            .expect("read"),
+        streamed
+    );
 }
 
 #[test]
@@ -229,7 +323,9 @@ fn a_flipped_byte_in_a_sealed_segment_is_reported_never_served() {
     let (sim, storage) = sim();
     let store = Store::open_with(storage.clone(), small_config()).expect("open");
     for i in 0..100u64 {
-        store.put(NS, format!("k{i}").as_bytes(), &content(i, 10_000)).expect("put");
+        store
+            .put(NS, format!("k{i}").as_bytes(), &content(i, 10_000))
+            .expect("put");
     }
     let victim = store.get(NS, b"k3").expect("get").expect("present");
     let part = &victim.parts[0];
@@ -241,12 +337,25 @@ fn a_flipped_byte_in_a_sealed_segment_is_reported_never_served() {
     let name = format!("seg-{segment_id:016x}.kvs");
     sim.corrupt(&name, body_at + 5000, 0x40).expect("flip");
     let store = Store::open_with(storage, small_config()).expect("reopen");
-    match store.get(NS, b"k3").expect("get").expect("indexed").read_all() {
+    match store
+        .get(NS, b"k3")
+        .expect("get")
+        .expect("indexed")
+        .read_all()
+    {
         Err(Error::Corruption { segment_id: s, .. }) => assert_eq!(s, segment_id),
         other => panic!("corrupt bytes served: {:?}", other.map(|b| b.len())),
     }
     // Its neighbours are unaffected.
-    assert_eq!(store.get(NS, b"k4").expect("get").expect("present").read_all().expect("read"), content(4, 10_000));
+    assert_eq!(
+        store
+            .get(NS, b"k4")
+            .expect("get")
+            .expect("present")
+            .read_all()
+            .expect("read"),
+        content(4, 10_000)
+    );
 }
 
 #[test]
@@ -254,23 +363,94 @@ fn a_damaged_directory_is_reported_and_rebuilt_from_records() {
     let (sim, storage) = sim();
     let store = Store::open_with(storage.clone(), small_config()).expect("open");
     for i in 0..100u64 {
-        store.put(NS, format!("k{i}").as_bytes(), &content(i, 10_000)).expect("put");
+        store
+            .put(NS, format!("k{i}").as_bytes(), &content(i, 10_000))
+            .expect("put");
     }
     drop(store);
-    let first = storage.list().expect("list").into_iter().find(|n| n.ends_with(".kvs")).expect("a segment");
+    let first = storage
+        .list()
+        .expect("list")
+        .into_iter()
+        .find(|n| n.ends_with(".kvs"))
+        .expect("a segment");
     let file = storage.open(&first).expect("open");
     let len = file.len().expect("len");
     let map = file.map().expect("map");
-    let directory_offset = u64::from_le_bytes(map[(len - 32) as usize..(len - 24) as usize].try_into().expect("8"));
+    let directory_offset = u64::from_le_bytes(
+        map[(len - 32) as usize..(len - 24) as usize]
+            .try_into()
+            .expect("8"),
+    );
     drop(map);
     drop(file);
-    sim.corrupt(&first, directory_offset + 100, 0xff).expect("flip");
+    sim.corrupt(&first, directory_offset + 100, 0xff)
+        .expect("flip");
     let store = Store::open_with(storage, small_config()).expect("reopen");
     let report = store.recovery_report();
     assert_eq!(report.corruption.len(), 1, "{report:?}");
-    assert!(report.corruption[0].reason.contains("directory"), "{report:?}");
+    assert!(
+        report.corruption[0].reason.contains("directory"),
+        "{report:?}"
+    );
     for i in 0..100u64 {
-        let got = store.get(NS, format!("k{i}").as_bytes()).expect("get").expect("present");
+        let got = store
+            .get(NS, format!("k{i}").as_bytes())
+            .expect("get")
+            .expect("present");
         assert_eq!(got.read_all().expect("read"), content(i, 10_000));
     }
+}
+
+#[test]
+fn a_segment_file_shorter_than_its_header_is_reported_not_fatal() {
+    // Found by the recover_segment fuzzer: 3,380 bytes of garbage as the only segment.
+    let (_sim, storage) = sim();
+    let file = storage.create("seg-0000000000000001.kvs").expect("create");
+    file.write_at(&[0xAB; 4096], 0).expect("write");
+    file.set_len(3380).expect("truncate");
+    file.sync_data().expect("sync");
+    drop(file);
+    storage.sync_dir().expect("sync dir");
+    let store = Store::open_with(storage.clone(), small_config()).expect("open despite the damage");
+    let report = store.recovery_report().clone();
+    assert!(
+        report
+            .corruption
+            .iter()
+            .any(|c| c.segment_id == 1 && c.offset == 0),
+        "{report:?}"
+    );
+    store.put(NS, b"k", b"still works").expect("put");
+    drop(store);
+    let store = Store::open_with(storage, small_config()).expect("reopen");
+    assert_eq!(
+        store
+            .get(NS, b"k")
+            .expect("get")
+            .expect("present")
+            .read_all()
+            .expect("read"),
+        b"still works"
+    );
+}
+
+#[test]
+fn a_half_created_segment_is_removed_not_reported() {
+    let (_sim, storage) = sim();
+    let file = storage.create("seg-0000000000000007.kvs").expect("create");
+    file.allocate(64 * 1024).expect("allocate");
+    file.sync_data().expect("sync");
+    drop(file);
+    let store = Store::open_with(storage.clone(), small_config()).expect("open");
+    let report = store.recovery_report();
+    assert!(report.corruption.is_empty(), "{report:?}");
+    assert_eq!(
+        report.incomplete_removed,
+        vec!["seg-0000000000000007.kvs".to_string()]
+    );
+    assert!(!storage
+        .list()
+        .expect("list")
+        .contains(&"seg-0000000000000007.kvs".to_string()));
 }

@@ -72,7 +72,10 @@ fn acknowledged_objects_survive_kill_9() {
                 (Expect::Present | Expect::Either, Some(object)) => {
                     let (seed, len) = crash_object(key);
                     let bytes = object.read_all().expect("read");
-                    assert!(bytes == content(seed, len), "cycle {cycle}: {key} corrupted");
+                    assert!(
+                        bytes == content(seed, len),
+                        "cycle {cycle}: {key} corrupted"
+                    );
                 }
                 (Expect::Present, None) => panic!("cycle {cycle}: acknowledged {key} lost"),
                 (Expect::Deleted | Expect::Either, None) => {}
@@ -82,6 +85,9 @@ fn acknowledged_objects_survive_kill_9() {
         total_checked += expect.len();
         drop(store);
     }
-    assert!(total_checked > 100, "only {total_checked} objects were acknowledged");
+    assert!(
+        total_checked > 100,
+        "only {total_checked} objects were acknowledged"
+    );
     eprintln!("kill -9: {cycles} cycles, {total_checked} acknowledged objects checked, {torn_tails} torn tails cut");
 }

@@ -44,7 +44,9 @@ fn assert_all_back(dir: &Path, acked: &[u64]) -> Store {
             .unwrap_or_else(|| panic!("acknowledged k{i} lost"));
         assert_eq!(got.read_all().expect("read"), content(i, len), "k{i}");
     }
-    store.put(NS, b"after", b"writable again").expect("put after reopen");
+    store
+        .put(NS, b"after", b"writable again")
+        .expect("put after reopen");
     store
 }
 
@@ -88,13 +90,17 @@ fn enospc_when_preparing_a_segment_refuses_the_write_without_poisoning() {
     let (faulty, store) = faulty(dir.path(), plan, 12);
     let (acked, error) = put_until_error(&store, 500);
     match error {
-        Some(Error::NoSpace { op: "fallocate", .. }) => {}
+        Some(Error::NoSpace {
+            op: "fallocate", ..
+        }) => {}
         other => panic!("expected NoSpace from fallocate, got {other:?}"),
     }
     assert!(store.poisoned().is_none());
     // Space comes back: the very next put succeeds without a restart.
     faulty.set_plan(FaultPlan::default());
-    store.put(NS, b"k-after-space", b"ok").expect("put once space is back");
+    store
+        .put(NS, b"k-after-space", b"ok")
+        .expect("put once space is back");
     drop(store);
     drop(faulty);
     let store = assert_all_back(dir.path(), &acked);
@@ -121,8 +127,14 @@ fn a_failed_fsync_poisons_the_store_and_loses_nothing_acknowledged() {
         other => panic!("expected Poisoned after the failed fsync, got {other:?}"),
     }
     assert!(store.poisoned().is_some());
-    assert!(matches!(store.delete(NS, b"k0"), Err(Error::Poisoned { .. })));
-    assert!(faulty.injected().iter().any(|f| f.contains("failed with EIO")));
+    assert!(matches!(
+        store.delete(NS, b"k0"),
+        Err(Error::Poisoned { .. })
+    ));
+    assert!(faulty
+        .injected()
+        .iter()
+        .any(|f| f.contains("failed with EIO")));
     drop(store);
     drop(faulty);
     assert_all_back(dir.path(), &acked);

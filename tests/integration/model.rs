@@ -21,15 +21,31 @@ const KEYS: u8 = 6;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Put { key: u8, len: usize, seed: u64 },
-    Delete { key: u8 },
-    Get { key: u8 },
-    Abandon { key: u8, len: usize },
+    Put {
+        key: u8,
+        len: usize,
+        seed: u64,
+    },
+    Delete {
+        key: u8,
+    },
+    Get {
+        key: u8,
+    },
+    Abandon {
+        key: u8,
+        len: usize,
+    },
     Compact,
     /// Clean close and reopen; the next epoch dies after `crash_after_bytes` if set.
-    Reopen { crash_after_bytes: Option<u64> },
+    Reopen {
+        crash_after_bytes: Option<u64>,
+    },
     /// Power cut: unsynced writes survive, vanish or tear at random; then reopen.
-    Crash { seed: u64, crash_after_bytes: Option<u64> },
+    Crash {
+        seed: u64,
+        crash_after_bytes: Option<u64>,
+    },
 }
 
 fn len_strategy() -> impl Strategy<Value = usize> {
@@ -77,7 +93,8 @@ impl Harness {
             Err(_) => {
                 self.faulty = None;
                 self.sim.crash(seed);
-                Store::open_with(Arc::new(self.sim.clone()), small_config()).expect("open after crash")
+                Store::open_with(Arc::new(self.sim.clone()), small_config())
+                    .expect("open after crash")
             }
         };
         self.store = Some(store);
@@ -117,7 +134,10 @@ impl Harness {
             allowed.contains(&got),
             "key {key}: read {:?} bytes, allowed {:?}",
             got.as_ref().map(Vec::len),
-            allowed.iter().map(|v| v.as_ref().map(Vec::len)).collect::<Vec<_>>()
+            allowed
+                .iter()
+                .map(|v| v.as_ref().map(Vec::len))
+                .collect::<Vec<_>>()
         );
         Some(got)
     }

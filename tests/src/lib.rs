@@ -47,9 +47,9 @@ pub fn crash_config() -> StoreConfig {
 /// Seed and length of the object stored under `key` by the crash child: derived from the key
 /// alone, so any object found later can be checked.
 pub fn crash_object(key: &str) -> (u64, usize) {
-    let seed = key
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let seed = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
     let len = match seed % 10 {
         0..=5 => 200 + (seed >> 8) as usize % 4_000,
         6..=8 => 20_000 + (seed >> 8) as usize % 180_000,

@@ -54,7 +54,11 @@ impl AlignedBuf {
     /// Sets the length. Bytes past the old length keep whatever they held before (zero in a
     /// new buffer; stale data in a reused one), so writers must fill every byte they expose.
     pub fn set_len(&mut self, len: usize) {
-        assert!(len <= self.capacity, "length {len} over capacity {}", self.capacity);
+        assert!(
+            len <= self.capacity,
+            "length {len} over capacity {}",
+            self.capacity
+        );
         self.len = len;
     }
 

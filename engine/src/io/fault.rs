@@ -217,9 +217,10 @@ impl StorageFile for FaultyFile {
         let n = state.syncs;
         state.syncs += 1;
         if state.plan.fail_sync_at == Some(n) {
-            state
-                .injected
-                .push(format!("fsync #{n} of {} failed with EIO", self.inner.name()));
+            state.injected.push(format!(
+                "fsync #{n} of {} failed with EIO",
+                self.inner.name()
+            ));
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
         drop(state);
@@ -233,7 +234,11 @@ impl StorageFile for FaultyFile {
         }
         let n = state.allocates;
         state.allocates += 1;
-        if state.plan.enospc_on_allocate_from.is_some_and(|from| n >= from) {
+        if state
+            .plan
+            .enospc_on_allocate_from
+            .is_some_and(|from| n >= from)
+        {
             state.injected.push(format!(
                 "ENOSPC: allocate {len_bytes} bytes for {}",
                 self.inner.name()

@@ -45,6 +45,10 @@ pub trait StorageFile: Send + Sync {
     fn name(&self) -> &str;
     /// Current length in bytes.
     fn len(&self) -> io::Result<u64>;
+    /// Whether the file has no bytes.
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
     /// Reads exactly `buf.len()` bytes at `offset`.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// A read-only view of the whole file as it is now. Used for immutable (sealed) files and
@@ -62,13 +66,16 @@ pub trait StorageFile: Send + Sync {
     /// The caller may do other work until [`PendingWrite::wait`]. The default does everything
     /// at once; io_uring overrides it to overlap the device with the caller.
     fn begin_write(&self, buf: AlignedBuf, offset: u64, sync: bool) -> PendingWrite {
-        let result = write_all_at(self, &buf, offset).and_then(|()| {
-            if sync {
-                self.sync_data()
-            } else {
-                Ok(())
-            }
-        });
+        let result =
+            write_all_at(self, &buf, offset).and_then(
+                |()| {
+                    if sync {
+                        self.sync_data()
+                    } else {
+                        Ok(())
+                    }
+                },
+            );
         PendingWrite::ready(buf, result)
     }
 }

@@ -137,7 +137,10 @@ impl SimStorage {
         let mut inode = lock(inode);
         let offset = offset as usize;
         if offset >= inode.current.len() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "offset past end"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "offset past end",
+            ));
         }
         inode.current[offset] ^= xor;
         if offset < inode.durable.len() {
@@ -163,7 +166,10 @@ impl Storage for SimStorage {
         let (id, epoch) = {
             let mut state = lock(&self.state);
             if state.names.contains_key(name) {
-                return Err(io::Error::new(io::ErrorKind::AlreadyExists, name.to_string()));
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    name.to_string(),
+                ));
             }
             state.next_inode += 1;
             let id = state.next_inode;
@@ -256,9 +262,12 @@ impl StorageFile for SimFile {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let inode = self.live()?;
         let start = offset as usize;
-        let end = start.checked_add(buf.len()).unwrap_or(usize::MAX);
+        let end = start.saturating_add(buf.len());
         if end > inode.current.len() {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past end"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "read past end",
+            ));
         }
         buf.copy_from_slice(&inode.current[start..end]);
         Ok(())

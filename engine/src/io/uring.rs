@@ -423,7 +423,10 @@ impl UringPending {
 
     pub(super) fn wait(mut self) -> (AlignedBuf, io::Result<()>) {
         let result = self.reap();
-        let buf = self.buf.take().unwrap_or_else(|| AlignedBuf::with_capacity(0));
+        let buf = self
+            .buf
+            .take()
+            .unwrap_or_else(|| AlignedBuf::with_capacity(0));
         (buf, result)
     }
 }

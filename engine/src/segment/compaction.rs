@@ -12,14 +12,14 @@
 //!    an old segment keep reading it (its mapping lives until they let go).
 
 use super::format::{
-    dir_entry_bytes, encode_manifest, encode_padding, encode_record, padding_bytes, segment_file_name,
-    segment_temp_file_name, ChunkRef, DirEntry, Namespace, RecordHeader, RecordKind, DIRECTORY_BYTES_MAX, PAGE_BYTES,
-    SEGMENT_FLAG_COMPACTED, SEGMENT_HEADER_BYTES,
+    dir_entry_bytes, encode_manifest, encode_padding, encode_record, padding_bytes,
+    segment_file_name, segment_temp_file_name, ChunkRef, DirEntry, Namespace, RecordHeader,
+    RecordKind, DIRECTORY_BYTES_MAX, PAGE_BYTES, SEGMENT_FLAG_COMPACTED, SEGMENT_HEADER_BYTES,
 };
 use super::lifecycle::{create_segment, seal_segment};
 use super::reader::{read_body, read_record, Object, SegmentHandle};
 use crate::error::{Error, Result};
-use crate::index::Entry;
+use crate::index::{Entry, IndexKey};
 use crate::io::{AlignedBuf, StorageFile};
 use crate::store::Shared;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -86,7 +86,9 @@ impl<'a> Output<'a> {
             id,
             buf_offset: SEGMENT_HEADER_BYTES,
             buf: AlignedBuf::with_capacity(
-                OUTPUT_BUFFER_BYTES + shared.config.record_bytes_max() as usize + 2 * PAGE_BYTES as usize,
+                OUTPUT_BUFFER_BYTES
+                    + shared.config.record_bytes_max() as usize
+                    + 2 * PAGE_BYTES as usize,
             ),
             directory: Vec::new(),
             directory_bytes: 0,
@@ -177,7 +179,9 @@ impl<'a> Output<'a> {
         let file = storage
             .open(&name)
             .map_err(|e| Error::io("open", name.as_str(), e))?;
-        let map = file.map().map_err(|e| Error::io("mmap", name.as_str(), e))?;
+        let map = file
+            .map()
+            .map_err(|e| Error::io("mmap", name.as_str(), e))?;
         let handle = Arc::new(SegmentHandle::new(self.id, file));
         handle.set_sealed(map);
         Ok(handle)
@@ -194,7 +198,11 @@ struct Outputs<'a> {
 impl<'a> Outputs<'a> {
     fn append(&mut self, mut header: RecordHeader, key: &[u8], body: &[u8]) -> Result<(u64, u64)> {
         let len = header.record_len();
-        if !self.current.as_ref().is_some_and(|o| o.fits(len, key.len())) {
+        if !self
+            .current
+            .as_ref()
+            .is_some_and(|o| o.fits(len, key.len()))
+        {
             if let Some(full) = self.current.take() {
                 self.done.push(full.finish()?);
             }
@@ -221,7 +229,14 @@ struct Move {
     old: Entry,
 }
 
-fn record_header(kind: RecordKind, namespace: Namespace, key: &[u8], body_len: u64, seq: u64, generation: u32) -> RecordHeader {
+fn record_header(
+    kind: RecordKind,
+    namespace: Namespace,
+    key: &[u8],
+    body_len: u64,
+    seq: u64,
+    generation: u32,
+) -> RecordHeader {
     RecordHeader {
         kind,
         namespace,
@@ -236,10 +251,7 @@ fn record_header(kind: RecordKind, namespace: Namespace, key: &[u8], body_len: u
 }
 
 pub(crate) fn compact(shared: &Arc<Shared>, options: &CompactOptions) -> Result<CompactionReport> {
-    let _one_at_a_time = shared
-        .compaction
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
+    let _one_at_a_time = shared.compaction.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(cause) = shared.poisoned() {
         return Err(Error::Poisoned { cause });
     }
@@ -249,7 +261,7 @@ pub(crate) fn compact(shared: &Arc<Shared>, options: &CompactOptions) -> Result<
         .filter(|(_, s)| s.is_sealed())
         .map(|(id, s)| (*id, s.clone()))
         .collect();
-    let entries: Vec<((Namespace, Box<[u8]>), Entry)> = shared
+    let entries: Vec<(IndexKey, Entry)> = shared
         .read_index()
         .iter()
         .map(|(k, e)| (k.clone(), *e))
@@ -263,10 +275,18 @@ pub(crate) fn compact(shared: &Arc<Shared>, options: &CompactOptions) -> Result<
         match entry.kind {
             RecordKind::Manifest => {
                 let lookup = |id: u64| shared.segment(id);
-                if let Ok(Ok(object)) = Object::open(&lookup, entry.segment_id, entry.offset, *namespace, key, entry.seq) {
+                if let Ok(Ok(object)) = Object::open(
+                    &lookup,
+                    entry.segment_id,
+                    entry.offset,
+                    *namespace,
+                    key,
+                    entry.seq,
+                ) {
                     for part in &object.parts {
                         segs.insert(part.segment.id);
-                        *live_bytes.entry(part.segment.id).or_default() += part.record.header.record_len();
+                        *live_bytes.entry(part.segment.id).or_default() +=
+                            part.record.header.record_len();
                     }
                 }
                 *live_bytes.entry(entry.segment_id).or_default() += 64 + key.len() as u64 + 16;
@@ -293,7 +313,12 @@ pub(crate) fn compact(shared: &Arc<Shared>, options: &CompactOptions) -> Result<
         None => sealed
             .iter()
             .filter(|(id, s)| {
-                let size = s.file.len().unwrap_or(0).saturating_sub(SEGMENT_HEADER_BYTES).max(1);
+                let size = s
+                    .file
+                    .len()
+                    .unwrap_or(0)
+                    .saturating_sub(SEGMENT_HEADER_BYTES)
+                    .max(1);
                 let live = live_bytes.get(id).copied().unwrap_or(0);
                 1.0 - (live as f64 / size as f64) >= options.garbage_ratio_min
             })
@@ -336,29 +361,67 @@ pub(crate) fn compact(shared: &Arc<Shared>, options: &CompactOptions) -> Result<
         let new = match m.old.kind {
             RecordKind::Blob | RecordKind::Tombstone => {
                 let body = read_body(&segment, &record)?;
-                let header = record_header(m.old.kind, m.namespace, &m.key, body.len() as u64, m.old.seq, generation);
+                let header = record_header(
+                    m.old.kind,
+                    m.namespace,
+                    &m.key,
+                    body.len() as u64,
+                    m.old.seq,
+                    generation,
+                );
                 let (segment_id, offset) = outputs.append(header, &m.key, &body)?;
                 if m.old.kind == RecordKind::Blob {
                     report.objects_moved += 1;
                 } else {
                     report.tombstones_moved += 1;
                 }
-                Entry { generation, segment_id, offset, ..m.old }
+                Entry {
+                    generation,
+                    segment_id,
+                    offset,
+                    ..m.old
+                }
             }
             RecordKind::Manifest => {
                 let lookup = |id: u64| shared.segment(id);
-                let Ok(object) = Object::open(&lookup, m.old.segment_id, m.old.offset, m.namespace, &m.key, m.old.seq)? else {
+                let Ok(object) = Object::open(
+                    &lookup,
+                    m.old.segment_id,
+                    m.old.offset,
+                    m.namespace,
+                    &m.key,
+                    m.old.seq,
+                )?
+                else {
                     continue;
                 };
                 let mut chunks = Vec::with_capacity(object.parts.len());
                 for part in &object.parts {
                     let body = read_body(&part.segment, &part.record)?;
-                    let header = record_header(RecordKind::Chunk, m.namespace, &m.key, body.len() as u64, part.record.header.seq, 0);
+                    let header = record_header(
+                        RecordKind::Chunk,
+                        m.namespace,
+                        &m.key,
+                        body.len() as u64,
+                        part.record.header.seq,
+                        0,
+                    );
                     let (segment_id, offset) = outputs.append(header, &m.key, &body)?;
-                    chunks.push(ChunkRef { segment_id, offset, len: body.len() as u64 });
+                    chunks.push(ChunkRef {
+                        segment_id,
+                        offset,
+                        len: body.len() as u64,
+                    });
                 }
                 let manifest = encode_manifest(object.len, &chunks);
-                let header = record_header(RecordKind::Manifest, m.namespace, &m.key, manifest.len() as u64, m.old.seq, generation);
+                let header = record_header(
+                    RecordKind::Manifest,
+                    m.namespace,
+                    &m.key,
+                    manifest.len() as u64,
+                    m.old.seq,
+                    generation,
+                );
                 let (segment_id, offset) = outputs.append(header, &m.key, &manifest)?;
                 if let Some(out) = outputs.current.as_mut() {
                     if let Some(last) = out.directory.last_mut() {
@@ -366,10 +429,19 @@ pub(crate) fn compact(shared: &Arc<Shared>, options: &CompactOptions) -> Result<
                     }
                 }
                 report.objects_moved += 1;
-                Entry { generation, segment_id, offset, ..m.old }
+                Entry {
+                    generation,
+                    segment_id,
+                    offset,
+                    ..m.old
+                }
             }
             other => {
-                return Err(Error::corruption(m.old.segment_id, m.old.offset, format!("index points at a {other:?} record")));
+                return Err(Error::corruption(
+                    m.old.segment_id,
+                    m.old.offset,
+                    format!("index points at a {other:?} record"),
+                ));
             }
         };
         switched.push((m, new));

@@ -37,7 +37,8 @@ pub const DIRECTORY_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// [`UNSYNCED_BYTES_MAX`] plus the batches in flight (two flushers, and the one the writer may
 /// hand on meanwhile; each at most a full batch plus one record). Valid records further than
 /// this beyond the first damaged byte of an unsealed segment mean damage, not a torn tail.
-pub const TORN_WINDOW_BYTES: u64 = UNSYNCED_BYTES_MAX + 3 * (2 * BATCH_BYTES_LIMIT) + 4 * PAGE_BYTES;
+pub const TORN_WINDOW_BYTES: u64 =
+    UNSYNCED_BYTES_MAX + 3 * (2 * BATCH_BYTES_LIMIT) + 4 * PAGE_BYTES;
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"KUVASEG1";
 pub const TRAILER_MAGIC: [u8; 8] = *b"KUVASEAL";
@@ -97,7 +98,11 @@ fn crc_seeded(seed: u32, parts: &[&[u8]]) -> u32 {
 pub fn record_seed(segment_id: u64, offset: u64) -> u32 {
     crc_seeded(
         0,
-        &[&RECORD_MAGIC, &segment_id.to_le_bytes(), &offset.to_le_bytes()],
+        &[
+            &RECORD_MAGIC,
+            &segment_id.to_le_bytes(),
+            &offset.to_le_bytes(),
+        ],
     )
 }
 
@@ -204,7 +209,10 @@ impl std::fmt::Display for RecordError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RecordError::Truncated { needed, available } => {
-                write!(f, "record truncated: needs {needed} bytes, {available} present")
+                write!(
+                    f,
+                    "record truncated: needs {needed} bytes, {available} present"
+                )
             }
             RecordError::NoMagic => write!(f, "no record magic"),
             RecordError::Invalid(why) => write!(f, "invalid record header: {why}"),
@@ -319,8 +327,7 @@ impl RecordHeader {
                 header.segment_id, header.offset
             )));
         }
-        if kind == RecordKind::Padding
-            && (header.key_len != 0 || header.body_len > 2 * PAGE_BYTES)
+        if kind == RecordKind::Padding && (header.key_len != 0 || header.body_len > 2 * PAGE_BYTES)
         {
             return Err(RecordError::Invalid("padding record too long".into()));
         }
@@ -663,7 +670,10 @@ pub fn decode_manifest(body: &[u8]) -> Result<(u64, Vec<ChunkRef>), String> {
     let count = le_u32(body, 8) as usize;
     let list = &body[MANIFEST_FIXED_BYTES..];
     if list.len() != count * 24 {
-        return Err(format!("manifest declares {count} chunks in {} bytes", list.len()));
+        return Err(format!(
+            "manifest declares {count} chunks in {} bytes",
+            list.len()
+        ));
     }
     let chunks: Vec<ChunkRef> = list
         .chunks_exact(24)
@@ -767,8 +777,16 @@ mod tests {
     #[test]
     fn manifest_and_directory_round_trip() {
         let chunks = [
-            ChunkRef { segment_id: 1, offset: 4096, len: 10 },
-            ChunkRef { segment_id: 2, offset: 8192, len: 5 },
+            ChunkRef {
+                segment_id: 1,
+                offset: 4096,
+                len: 10,
+            },
+            ChunkRef {
+                segment_id: 2,
+                offset: 8192,
+                len: 5,
+            },
         ];
         let body = encode_manifest(15, &chunks);
         assert_eq!(decode_manifest(&body), Ok((15, chunks.to_vec())));
@@ -790,7 +808,10 @@ mod tests {
 
     #[test]
     fn segment_names_round_trip() {
-        assert_eq!(parse_segment_file_name(&segment_file_name(0xabc)), Some(0xabc));
+        assert_eq!(
+            parse_segment_file_name(&segment_file_name(0xabc)),
+            Some(0xabc)
+        );
         assert_eq!(parse_segment_file_name(&segment_temp_file_name(1)), None);
         assert_eq!(parse_segment_file_name("seg-zz.kvs"), None);
     }

@@ -2,8 +2,8 @@
 //! seal a crash interrupted) and by compaction.
 
 use super::format::{
-    align_up, encode_directory, encode_padding, encode_record, padding_bytes, DirEntry,
-    Namespace, RecordHeader, RecordKind, SegmentHeader, Trailer, FORMAT_VERSION, PAGE_BYTES,
+    align_up, encode_directory, encode_padding, encode_record, padding_bytes, DirEntry, Namespace,
+    RecordHeader, RecordKind, SegmentHeader, Trailer, FORMAT_VERSION, PAGE_BYTES,
     SEGMENT_HEADER_BYTES, TRAILER_BYTES,
 };
 use crate::error::{Error, Result};
@@ -103,7 +103,11 @@ pub fn seal_segment(
     records_end: u64,
     entries: &[DirEntry],
 ) -> Result<u64> {
-    assert_eq!(records_end % PAGE_BYTES, 0, "records end must be page-aligned to seal");
+    assert_eq!(
+        records_end % PAGE_BYTES,
+        0,
+        "records end must be page-aligned to seal"
+    );
     let body = encode_directory(entries);
     let header = RecordHeader {
         kind: RecordKind::Directory,

@@ -7,8 +7,8 @@
 //! 64 KiB body block touched by a read is verified before the read returns it.
 
 use super::format::{
-    decode_manifest, verify_blocks, verify_prefix, ChunkRef, Namespace, RecordHeader,
-    RecordKind, BLOCK_BYTES, RECORD_HEADER_BYTES,
+    decode_manifest, verify_blocks, verify_prefix, ChunkRef, Namespace, RecordHeader, RecordKind,
+    BLOCK_BYTES, RECORD_HEADER_BYTES,
 };
 use crate::error::{Error, Result};
 use crate::io::{Mapping, StorageFile};
@@ -46,15 +46,18 @@ impl SegmentHandle {
 
     /// `len` bytes at `offset`: borrowed from the mapping when sealed, read otherwise.
     pub fn bytes(&self, offset: u64, len: u64) -> Result<Cow<'_, [u8]>> {
-        let end = offset.checked_add(len).ok_or_else(|| {
-            Error::corruption(self.id, offset, "read range overflows")
-        })?;
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| Error::corruption(self.id, offset, "read range overflows"))?;
         if let Some(map) = self.sealed_map.get() {
             if end > map.len() as u64 {
                 return Err(Error::corruption(
                     self.id,
                     offset,
-                    format!("read of {len} bytes past the end of the segment ({} bytes)", map.len()),
+                    format!(
+                        "read of {len} bytes past the end of the segment ({} bytes)",
+                        map.len()
+                    ),
                 ));
             }
             return Ok(Cow::Borrowed(&map[offset as usize..end as usize]));
@@ -108,7 +111,10 @@ pub fn visit_body(
     f: &mut dyn FnMut(&[u8]) -> Result<()>,
 ) -> Result<()> {
     let body_len = record.header.body_len;
-    assert!(range.start <= range.end && range.end <= body_len, "range outside body");
+    assert!(
+        range.start <= range.end && range.end <= body_len,
+        "range outside body"
+    );
     let mut at = range.start;
     while at < range.end {
         let first_block = at / BLOCK_BYTES;
@@ -121,9 +127,8 @@ pub fn visit_body(
         }
         .min(body_len);
         let bytes = segment.bytes(record.body_start + piece_start, piece_end - piece_start)?;
-        verify_blocks(&record.crcs, first_block, &bytes).map_err(|e| {
-            Error::corruption(segment.id, record.header.offset, e.to_string())
-        })?;
+        verify_blocks(&record.crcs, first_block, &bytes)
+            .map_err(|e| Error::corruption(segment.id, record.header.offset, e.to_string()))?;
         let to = range.end.min(piece_end);
         f(&bytes[(at - piece_start) as usize..(to - piece_start) as usize])?;
         at = to;
@@ -205,8 +210,8 @@ impl Object {
             })),
             RecordKind::Manifest => {
                 let body = read_body(&segment, &record)?;
-                let (len, chunks) = decode_manifest(&body)
-                    .map_err(|e| Error::corruption(segment_id, offset, e))?;
+                let (len, chunks) =
+                    decode_manifest(&body).map_err(|e| Error::corruption(segment_id, offset, e))?;
                 let mut parts = Vec::with_capacity(chunks.len());
                 let mut object_offset = 0u64;
                 for ChunkRef {

@@ -12,8 +12,7 @@
 
 use super::format::{
     decode_directory, parse_segment_file_name, DirEntry, RecordKind, SegmentHeader, Trailer,
-    FORMAT_VERSION,
-    PAGE_BYTES, SEGMENT_HEADER_BYTES, TORN_WINDOW_BYTES, TRAILER_BYTES,
+    FORMAT_VERSION, PAGE_BYTES, SEGMENT_HEADER_BYTES, TORN_WINDOW_BYTES, TRAILER_BYTES,
 };
 use super::lifecycle::{pad_to_page, seal_segment};
 use super::reader::SegmentHandle;
@@ -84,11 +83,18 @@ struct Unsealed {
 }
 
 fn entries_of(records: &[ScannedRecord]) -> Vec<DirEntry> {
-    records.iter().filter_map(ScannedRecord::dir_entry).collect()
+    records
+        .iter()
+        .filter_map(ScannedRecord::dir_entry)
+        .collect()
 }
 
 /// Loads a sealed segment's directory; `Err` says why it cannot be trusted.
-fn load_directory(map: &[u8], id: u64, trailer: &Trailer) -> std::result::Result<Vec<DirEntry>, String> {
+fn load_directory(
+    map: &[u8],
+    id: u64,
+    trailer: &Trailer,
+) -> std::result::Result<Vec<DirEntry>, String> {
     let record = check_record(map, id, trailer.directory_offset).map_err(|e| e.to_string())?;
     if record.header.kind != RecordKind::Directory
         || record.header.record_len() != trailer.directory_len
@@ -100,10 +106,7 @@ fn load_directory(map: &[u8], id: u64, trailer: &Trailer) -> std::result::Result
     decode_directory(body, trailer.entry_count)
 }
 
-pub(crate) fn recover(
-    storage: &dyn Storage,
-    segment_size_bytes_max: u64,
-) -> Result<Recovered> {
+pub(crate) fn recover(storage: &dyn Storage, segment_size_bytes_max: u64) -> Result<Recovered> {
     let mut report = RecoveryReport::default();
     let names = storage
         .list()
@@ -135,8 +138,12 @@ pub(crate) fn recover(
     let mut unsealed: Vec<Unsealed> = Vec::new();
 
     for (id, name) in ids {
-        let file = storage.open(&name).map_err(|e| Error::io("open", name.as_str(), e))?;
-        let map = file.map().map_err(|e| Error::io("mmap", name.as_str(), e))?;
+        let file = storage
+            .open(&name)
+            .map_err(|e| Error::io("open", name.as_str(), e))?;
+        let map = file
+            .map()
+            .map_err(|e| Error::io("mmap", name.as_str(), e))?;
         let len = map.len() as u64;
         if let Some(version) = SegmentHeader::peek_version(&map) {
             if version > FORMAT_VERSION {
@@ -282,7 +289,11 @@ pub(crate) fn recover(
         let file = u.handle.file.as_ref();
         let name = file.name().to_string();
         let page_start = u.valid_end - u.valid_end % PAGE_BYTES;
-        let prefix = &u.map[page_start as usize..u.valid_end as usize];
+        // Empty when the end is page-aligned (also for a file shorter than its header).
+        let prefix = u
+            .map
+            .get(page_start as usize..u.valid_end as usize)
+            .unwrap_or(&[]);
         if Some(u.handle.id) == active_id {
             let write_offset = pad_to_page(file, u.handle.id, u.valid_end, prefix)?;
             // Nothing stale may remain past the new end: a later scan must not resurrect it.
@@ -299,11 +310,14 @@ pub(crate) fn recover(
             });
         } else {
             let records_end = match u.directory_at {
-                Some(at) => at,
-                None => pad_to_page(file, u.handle.id, u.valid_end, prefix)?,
+                // A directory is written page-aligned; one found elsewhere is damage.
+                Some(at) if at % PAGE_BYTES == 0 => at,
+                _ => pad_to_page(file, u.handle.id, u.valid_end, prefix)?,
             };
             seal_segment(file, u.handle.id, records_end, &entries)?;
-            let map = file.map().map_err(|e| Error::io("mmap", name.as_str(), e))?;
+            let map = file
+                .map()
+                .map_err(|e| Error::io("mmap", name.as_str(), e))?;
             u.handle.set_sealed(map);
             report.sealed_now.push(u.handle.id);
         }

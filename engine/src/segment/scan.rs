@@ -4,8 +4,7 @@
 
 use super::format::{
     align_up, decode_manifest, verify_blocks, verify_prefix, DirEntry, Namespace, RecordError,
-    RecordHeader, RecordKind, SegmentHeader, PAGE_BYTES, RECORD_HEADER_BYTES,
-    SEGMENT_HEADER_BYTES,
+    RecordHeader, RecordKind, SegmentHeader, PAGE_BYTES, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
 
 /// A record that passed every check.
@@ -52,7 +51,11 @@ pub struct Scan {
     pub directory_at: Option<u64>,
 }
 
-pub fn check_record(bytes: &[u8], segment_id: u64, offset: u64) -> Result<ScannedRecord, RecordError> {
+pub fn check_record(
+    bytes: &[u8],
+    segment_id: u64,
+    offset: u64,
+) -> Result<ScannedRecord, RecordError> {
     let at = offset as usize;
     let available = bytes.len().saturating_sub(at) as u64;
     let header = RecordHeader::parse(&bytes[at.min(bytes.len())..], segment_id, offset)?;
@@ -82,7 +85,9 @@ pub fn check_record(bytes: &[u8], segment_id: u64, offset: u64) -> Result<Scanne
         RecordKind::Padding => 0,
     };
     if header.kind.is_findable() && header.namespace == Namespace::NONE {
-        return Err(RecordError::Invalid("findable record without namespace".into()));
+        return Err(RecordError::Invalid(
+            "findable record without namespace".into(),
+        ));
     }
     Ok(ScannedRecord {
         header,
@@ -210,12 +215,21 @@ mod tests {
                 flags: 0,
             };
             let len = h.record_len() as usize;
-            encode_record(&mut bytes[offset as usize..offset as usize + len], &h, key, body);
+            encode_record(
+                &mut bytes[offset as usize..offset as usize + len],
+                &h,
+                key,
+                body,
+            );
             offsets.push(offset);
             offset += len as u64;
             let pad = padding_bytes(offset) as usize;
             if pad > 0 {
-                encode_padding(&mut bytes[offset as usize..offset as usize + pad], 1, offset);
+                encode_padding(
+                    &mut bytes[offset as usize..offset as usize + pad],
+                    1,
+                    offset,
+                );
                 offset += pad as u64;
             }
         }

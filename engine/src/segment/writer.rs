@@ -33,8 +33,8 @@ use crate::index::Entry;
 use crate::io::AlignedBuf;
 use crate::store::{Committed, Shared};
 use std::collections::{BTreeSet, VecDeque};
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -219,7 +219,10 @@ impl FlushOrder {
 
     fn mark_acked(&self, number: u64) {
         let mut state = self.lock();
-        assert_eq!(state.acked_below, number, "acknowledgements go out in batch order");
+        assert_eq!(
+            state.acked_below, number,
+            "acknowledgements go out in batch order"
+        );
         state.acked_below = number + 1;
         drop(state);
         self.changed.notify_all();
@@ -260,7 +263,11 @@ impl Writer {
             records_limit: records_limit(&shared),
             segment: s.segment,
             batch_offset: s.write_offset,
-            directory_bytes: s.directory.iter().map(|e| dir_entry_bytes(e.key.len())).sum(),
+            directory_bytes: s
+                .directory
+                .iter()
+                .map(|e| dir_entry_bytes(e.key.len()))
+                .sum(),
             directory: s.directory,
             unsynced_bytes: 0,
         });
@@ -602,7 +609,10 @@ fn flusher_loop(
             sync: needs_sync,
         } = batch;
         assert_eq!(offset % PAGE_BYTES, 0, "batches start page-aligned");
-        assert!(offset >= SEGMENT_HEADER_BYTES, "batches never overwrite the segment header");
+        assert!(
+            offset >= SEGMENT_HEADER_BYTES,
+            "batches never overwrite the segment header"
+        );
         let bytes = buf.len() as u64;
         let file = segment.file.as_ref();
         // Writes take turns in batch order: the device sees one sequential stream (it is

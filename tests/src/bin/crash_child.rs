@@ -11,15 +11,23 @@ use std::sync::{Arc, Mutex};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    anyhow::ensure!(args.len() == 5, "usage: crash_child DATA_DIR ACK_FILE CYCLE WRITERS");
+    anyhow::ensure!(
+        args.len() == 5,
+        "usage: crash_child DATA_DIR ACK_FILE CYCLE WRITERS"
+    );
     let store = Arc::new(Store::open(std::path::Path::new(&args[1]), crash_config())?);
     let acks = Arc::new(Mutex::new(
-        OpenOptions::new().create(true).append(true).open(&args[2])?,
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&args[2])?,
     ));
     let cycle: u64 = args[3].parse()?;
     let writers: u64 = args[4].parse()?;
     let log = |acks: &Mutex<std::fs::File>, line: String| -> anyhow::Result<()> {
-        let mut file = acks.lock().map_err(|_| anyhow::anyhow!("ack file lock poisoned"))?;
+        let mut file = acks
+            .lock()
+            .map_err(|_| anyhow::anyhow!("ack file lock poisoned"))?;
         file.write_all(line.as_bytes())?;
         Ok(())
     };

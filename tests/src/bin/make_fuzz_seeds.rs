@@ -7,7 +7,9 @@ use kuvasto_engine::{Namespace, Store, StoreConfig};
 use std::sync::Arc;
 
 fn main() -> anyhow::Result<()> {
-    let out = std::env::args().nth(1).ok_or_else(|| anyhow::anyhow!("usage: make_fuzz_seeds DIR"))?;
+    let out = std::env::args()
+        .nth(1)
+        .ok_or_else(|| anyhow::anyhow!("usage: make_fuzz_seeds DIR"))?;
     std::fs::create_dir_all(&out)?;
     let sim = SimStorage::new(1);
     let storage: Arc<dyn Storage> = Arc::new(sim.clone());
