@@ -18,6 +18,7 @@ fi
 
 step "format"
 cargo fmt --all -- --check
+(cd fuzz && cargo fmt -- --check)
 
 step "lint"
 cargo clippy --workspace --all-targets -- -D warnings

@@ -9,7 +9,9 @@ use kuvasto_engine::segment::scan::{check_record, scan_records};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|bytes: &[u8]| {
-    let segment_id = SegmentHeader::decode(bytes).map(|h| h.segment_id).unwrap_or(1);
+    let segment_id = SegmentHeader::decode(bytes)
+        .map(|h| h.segment_id)
+        .unwrap_or(1);
     let scan = scan_records(bytes, segment_id, bytes.len() as u64);
     for record in &scan.records {
         let again = check_record(bytes, segment_id, record.header.offset)
@@ -17,7 +19,10 @@ fuzz_target!(|bytes: &[u8]| {
         assert_eq!(&again, record);
     }
     for damage in &scan.damage {
-        assert!(check_record(bytes, segment_id, damage.offset).is_err() || damage.reason.contains("unwritten"));
+        assert!(
+            check_record(bytes, segment_id, damage.offset).is_err()
+                || damage.reason.contains("unwritten")
+        );
     }
     let len = bytes.len() as u64;
     if len >= TRAILER_BYTES {
