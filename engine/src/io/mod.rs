@@ -62,9 +62,10 @@ pub trait StorageFile: Send + Sync {
     fn allocate(&self, len_bytes: u64) -> io::Result<()>;
     /// Sets the file length (truncating or extending with zeros).
     fn set_len(&self, len_bytes: u64) -> io::Result<()>;
-    /// Starts writing all of `buf` at `offset`, followed by `fdatasync` when `sync` is set.
-    /// The caller may do other work until [`PendingWrite::wait`]. The default does everything
-    /// at once; io_uring overrides it to overlap the device with the caller.
+    /// Starts writing all of `buf` at `offset`. With `sync`, the write completes only once
+    /// it is durable (`RWF_DSYNC`; the default implementation writes, then `fdatasync`s).
+    /// The caller may do other work until [`PendingWrite::wait`]; several writes may be in
+    /// flight at once. The default does everything at once; io_uring overrides it.
     fn begin_write(&self, buf: AlignedBuf, offset: u64, sync: bool) -> PendingWrite {
         let result =
             write_all_at(self, &buf, offset).and_then(

@@ -1,11 +1,11 @@
 //! The real storage: files in one directory, written through io_uring.
 //!
 //! Each thread that writes gets its own ring (created on first use), so the group-commit
-//! writer, compaction and tests never contend for a lock. A batch is submitted as several
-//! write SQEs (so the device sees parallel requests) followed by an `IORING_FSYNC_DATASYNC`
-//! SQE flagged `IO_DRAIN`, which the kernel starts only after every earlier SQE completed:
-//! write and sync cost one system call, and the caller overlaps the next batch's preparation
-//! with the device. Reads of sealed segments go through `mmap`; other reads use `pread`.
+//! writer, compaction and tests never contend for a lock. A batch is submitted as a few write
+//! SQEs (2 MiB each); a durable batch carries `RWF_DSYNC` on each, so the kernel completes it
+//! only once the data (and the metadata needed to read it) is durable: write and sync are one
+//! operation, and several batches can be in flight at once, each durable on its own. Reads of
+//! sealed segments go through `mmap`; other reads use `pread`.
 
 use super::{AlignedBuf, Mapping, PendingState, PendingWrite, Storage, StorageFile};
 use io_uring::{opcode, squeue, types, IoUring};
@@ -21,9 +21,8 @@ use std::sync::Arc;
 const RING_ENTRIES: u32 = 64;
 /// Largest single write SQE; larger batches are split so the device works on several at once.
 const WRITE_SQE_BYTES_MIN: usize = 2 << 20;
-/// At most this many write SQEs per batch (one more for the fsync).
+/// At most this many write SQEs per batch.
 const WRITE_SQES_PER_BATCH_MAX: usize = 32;
-const USER_DATA_FSYNC: u64 = u64::MAX;
 
 thread_local! {
     static RING: RefCell<Option<IoUring>> = const { RefCell::new(None) };
@@ -281,6 +280,7 @@ impl StorageFile for UringFile {
                     len as u32,
                 )
                 .offset(offset + start as u64)
+                .rw_flags(if sync { libc::RWF_DSYNC } else { 0 })
                 .build()
                 .user_data(index as u64);
                 // SAFETY: `buf` moves into UringPending, whose wait (or Drop) blocks until
@@ -289,17 +289,6 @@ impl StorageFile for UringFile {
                     break;
                 }
                 queued += 1;
-            }
-            if sync && queued == pieces.len() {
-                let entry = opcode::Fsync::new(types::Fd(fd))
-                    .flags(types::FsyncFlags::DATASYNC)
-                    .build()
-                    .flags(squeue::Flags::IO_DRAIN)
-                    .user_data(USER_DATA_FSYNC);
-                // SAFETY: no buffers are involved in an fsync.
-                if unsafe { ring.submission().push(&entry) }.is_ok() {
-                    queued += 1;
-                }
             }
             loop {
                 match ring.submit() {
@@ -352,7 +341,6 @@ impl UringPending {
     fn reap(&mut self) -> io::Result<()> {
         let mut written = vec![0usize; self.pieces.len()];
         let mut first_error: Option<io::Error> = self.submit_error.take();
-        let mut sync_done = false;
         let mut remaining = self.queued;
         if remaining > 0 {
             let reaped = with_ring(|ring| {
@@ -361,14 +349,7 @@ impl UringPending {
                     for cqe in ring.completion() {
                         remaining = remaining.saturating_sub(1);
                         let result = cqe_result(cqe.result());
-                        if cqe.user_data() == USER_DATA_FSYNC {
-                            match result {
-                                Ok(_) => sync_done = true,
-                                Err(e) => {
-                                    first_error.get_or_insert(e);
-                                }
-                            }
-                        } else if let Some(slot) = written.get_mut(cqe.user_data() as usize) {
+                        if let Some(slot) = written.get_mut(cqe.user_data() as usize) {
                             match result {
                                 Ok(n) => *slot = n,
                                 Err(e) => {
@@ -409,7 +390,8 @@ impl UringPending {
                 )?;
             }
         }
-        if self.sync && (finished_late || !sync_done) {
+        // Parts finished by plain pwrite were not written with RWF_DSYNC.
+        if self.sync && finished_late {
             let rc = {
                 // SAFETY: fdatasync on a descriptor owned by the file this batch belongs to.
                 unsafe { libc::fdatasync(self.fd) }

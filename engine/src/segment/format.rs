@@ -28,17 +28,19 @@ pub const RECORD_BODY_BYTES_MAX: u64 = 512 * 1024 * 1024;
 pub const BATCH_BYTES_LIMIT: u64 = 32 * 1024 * 1024;
 /// Bytes at the end of a sealed segment.
 pub const TRAILER_BYTES: u64 = 64;
-/// The writer `fdatasync`s at least once per this many bytes written to a segment, even when
+/// Most batches a writer has in flight at once (its flusher threads).
+pub const BATCHES_IN_FLIGHT_MAX: u64 = 8;
+/// The writer makes a segment durable at least once per this many bytes written, even when
 /// no acknowledgement waits (a long streamed put), so little is ever unsynced.
 pub const UNSYNCED_BYTES_MAX: u64 = BATCH_BYTES_LIMIT;
 /// Largest directory body: a segment is sealed before its directory would grow past it.
 pub const DIRECTORY_BYTES_MAX: u64 = 64 * 1024 * 1024;
-/// What a crash can damage: bytes not yet covered by a completed `fdatasync` — at most
-/// [`UNSYNCED_BYTES_MAX`] plus the batches in flight (two flushers, and the one the writer may
-/// hand on meanwhile; each at most a full batch plus one record). Valid records further than
+/// What a crash can damage: bytes no completed durable write or `fdatasync` covered — at most
+/// [`UNSYNCED_BYTES_MAX`] written plainly plus the batches in flight (at most
+/// [`BATCHES_IN_FLIGHT_MAX`], each a full batch plus one record). Valid records further than
 /// this beyond the first damaged byte of an unsealed segment mean damage, not a torn tail.
 pub const TORN_WINDOW_BYTES: u64 =
-    UNSYNCED_BYTES_MAX + 3 * (2 * BATCH_BYTES_LIMIT) + 4 * PAGE_BYTES;
+    UNSYNCED_BYTES_MAX + BATCHES_IN_FLIGHT_MAX * (2 * BATCH_BYTES_LIMIT) + 4 * PAGE_BYTES;
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"KUVASEG1";
 pub const TRAILER_MAGIC: [u8; 8] = *b"KUVASEAL";

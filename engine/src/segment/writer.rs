@@ -1,30 +1,37 @@
-//! The group-commit writer: one writer thread and `StoreConfig::flushers` threads that turn
-//! appends into durable, findable records.
+//! The group-commit writer: one writer thread and `StoreConfig::flushers` flusher threads that
+//! turn appends into durable, findable records.
 //!
 //! The **writer** thread receives appends from every put, serializes each record into the
-//! current batch buffer (4096-aligned), seals full segments and opens new ones. A batch goes to
-//! an idle **flusher** when no append is waiting or when it is full. The flusher writes it
-//! through [`crate::io::StorageFile::begin_write`] (on io_uring: 1 MiB write SQEs, in one
-//! system call) and, if the batch holds findable records, `fdatasync`s once every earlier
-//! batch's writes have completed; then, in batch order, it publishes the records to the index
-//! and acknowledges their puts. With two flushers the device always has the next batch's
-//! writes while the previous batch's `fdatasync` runs, and every put that arrives meanwhile
-//! shares one `fdatasync` (group commit). A batch that finds no earlier batch in flight
-//! submits its writes and a drained `fdatasync` together.
+//! current batch buffer (4096-aligned, block checksums computed as each block is copied),
+//! seals full segments and opens new ones. A batch goes to an idle **flusher** when no append
+//! is waiting or when it is full. Flushers submit batches to the device in batch order, so the
+//! file grows as one sequential stream, and several batches are in flight at once. Each batch
+//! is written in one of three ways, chosen by the writer:
+//! - **plain**: only chunks of streams still in progress, nothing to acknowledge;
+//! - **durable** (`RWF_DSYNC`: the write completes only once durable): it holds records to
+//!   acknowledge and every earlier batch is already durable on its own;
+//! - **write then fdatasync**: it holds records to acknowledge (or `UNSYNCED_BYTES_MAX` bytes
+//!   were written plainly since the last durable point) and earlier plain batches must be
+//!   covered: once its write and every earlier write completed, one `fdatasync` makes them all
+//!   durable.
 //!
-//! Memory is bounded: `flushers + 1` batch buffers plus the bounded request queue.
+//! A flusher then publishes its batch's findable records to the index and acknowledges their
+//! puts, strictly in batch order. Every put that arrives while batches are in flight shares
+//! the next batch (group commit). Memory is bounded: `flushers + 1` batch buffers plus the
+//! bounded request queue.
 //!
 //! Invariants (asserted where cheap):
-//! - a findable record is published and acknowledged only after an `fdatasync` that started
-//!   after its batch's writes, and every earlier batch's writes, completed;
+//! - a findable record is published and acknowledged only once it, and every byte written
+//!   before it in its segment, is durable;
 //! - acknowledgements go out in batch order;
 //! - batches start page-aligned and never rewrite bytes of an earlier batch;
+//! - at most `UNSYNCED_BYTES_MAX` bytes are written plainly before a durable point;
 //! - after any write or sync error the store is poisoned: no later record is acknowledged.
 
 use super::format::{
     dir_entry_bytes, encode_padding, encode_record, padding_bytes, segment_file_name, ChunkRef,
-    DirEntry, Namespace, RecordHeader, RecordKind, DIRECTORY_BYTES_MAX, PAGE_BYTES,
-    SEGMENT_HEADER_BYTES, UNSYNCED_BYTES_MAX,
+    DirEntry, Namespace, RecordHeader, RecordKind, BATCHES_IN_FLIGHT_MAX, DIRECTORY_BYTES_MAX,
+    PAGE_BYTES, SEGMENT_HEADER_BYTES, UNSYNCED_BYTES_MAX,
 };
 use super::lifecycle::{create_segment, seal_segment};
 use super::reader::SegmentHandle;
@@ -38,8 +45,8 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-/// Most flusher threads a configuration may ask for.
-pub const FLUSHERS_MAX: usize = 8;
+/// Most flusher threads a configuration may ask for (each holds one batch in flight).
+pub const FLUSHERS_MAX: usize = BATCHES_IN_FLIGHT_MAX as usize;
 
 /// How an append is answered.
 pub(crate) enum Reply {
@@ -132,8 +139,15 @@ struct Batch {
     buf: AlignedBuf,
     offset: u64,
     commits: Vec<PendingCommit>,
-    /// `fdatasync` after writing, with or without commits (bounds unsynced bytes).
-    sync: bool,
+    mode: WriteMode,
+}
+
+/// How a batch reaches the device (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteMode {
+    Plain,
+    Durable,
+    WriteThenSync,
 }
 
 struct Active {
@@ -145,7 +159,7 @@ struct Active {
     directory: Vec<DirEntry>,
     /// Encoded size of `directory`.
     directory_bytes: u64,
-    /// Bytes handed to flushers since the last batch that syncs.
+    /// Bytes written plainly since the last durable point (0: everything is durable).
     unsynced_bytes: u64,
 }
 
@@ -183,7 +197,9 @@ struct FlushOrder {
 
 #[derive(Default)]
 struct OrderState {
-    /// Every batch numbered below this has completed its writes.
+    /// Every batch numbered below this has been submitted to the device.
+    submitted_below: u64,
+    /// Every batch numbered below this has completed its write.
     written_below: u64,
     /// Completed writes of batches at or above `written_below`.
     written_ahead: BTreeSet<u64>,
@@ -201,6 +217,17 @@ impl FlushOrder {
         while !done(&state) {
             state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
         }
+    }
+
+    fn mark_submitted(&self, number: u64) {
+        let mut state = self.lock();
+        assert_eq!(
+            state.submitted_below, number,
+            "batches are submitted in order"
+        );
+        state.submitted_below = number + 1;
+        drop(state);
+        self.changed.notify_all();
     }
 
     fn mark_written(&self, number: u64) {
@@ -399,18 +426,24 @@ impl Writer {
             .unwrap_or_else(|| AlignedBuf::with_capacity(batch_capacity(&self.shared)));
         next.set_len(0);
         let buf = std::mem::replace(&mut self.batch, next);
-        active.unsynced_bytes += buf.len() as u64;
-        let sync = !self.commits.is_empty() || active.unsynced_bytes >= UNSYNCED_BYTES_MAX;
-        if sync {
-            active.unsynced_bytes = 0;
-        }
+        let must_be_durable = !self.commits.is_empty()
+            || active.unsynced_bytes + buf.len() as u64 >= UNSYNCED_BYTES_MAX;
+        let mode = match (must_be_durable, active.unsynced_bytes) {
+            (false, _) => WriteMode::Plain,
+            (true, 0) => WriteMode::Durable,
+            (true, _) => WriteMode::WriteThenSync,
+        };
+        active.unsynced_bytes = match mode {
+            WriteMode::Plain => active.unsynced_bytes + buf.len() as u64,
+            WriteMode::Durable | WriteMode::WriteThenSync => 0,
+        };
         let batch = Batch {
             number: self.batch_number,
             segment: active.segment.clone(),
             offset: active.batch_offset,
             commits: std::mem::take(&mut self.commits),
             buf,
-            sync,
+            mode,
         };
         self.batch_number += 1;
         active.batch_offset += batch.buf.len() as u64;
@@ -606,7 +639,7 @@ fn flusher_loop(
             buf,
             offset,
             commits,
-            sync: needs_sync,
+            mode,
         } = batch;
         assert_eq!(offset % PAGE_BYTES, 0, "batches start page-aligned");
         assert!(
@@ -615,33 +648,36 @@ fn flusher_loop(
         );
         let bytes = buf.len() as u64;
         let file = segment.file.as_ref();
-        // Writes take turns in batch order: the device sees one sequential stream (it is
-        // fastest so), while an earlier batch's fdatasync overlaps this batch's write.
-        order.wait_until(|s| s.written_below == number);
+        // Submit in batch order, so the file grows as one sequential stream.
+        order.wait_until(|s| s.submitted_below == number);
         let (buf, mut result) = match shared.poisoned() {
-            Some(cause) => (buf, Err(Error::Poisoned { cause })),
+            Some(cause) => {
+                order.mark_submitted(number);
+                (buf, Err(Error::Poisoned { cause }))
+            }
             None => {
                 let started = std::time::Instant::now();
-                let (buf, result) = file.begin_write(buf, offset, false).wait();
+                let pending = file.begin_write(buf, offset, mode == WriteMode::Durable);
+                order.mark_submitted(number);
+                let (buf, result) = pending.wait();
                 shared
                     .stats
                     .write_nanos
                     .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                (buf, result.map_err(|e| Error::io("write", file.name(), e)))
+                let op = match mode {
+                    WriteMode::Durable => "write+fdatasync",
+                    _ => "write",
+                };
+                (buf, result.map_err(|e| Error::io(op, file.name(), e)))
             }
         };
         order.mark_written(number);
-        if needs_sync && result.is_ok() {
-            // The sync must cover every earlier batch too (a manifest's chunks, say).
+        if mode == WriteMode::WriteThenSync && result.is_ok() {
+            // One fdatasync covers this batch and the plain ones before it.
             order.wait_until(|s| s.written_below > number);
-            let started = std::time::Instant::now();
             result = file
                 .sync_data()
                 .map_err(|e| Error::io("fdatasync", file.name(), e));
-            shared
-                .stats
-                .sync_nanos
-                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         }
         order.wait_until(|s| s.acked_below == number);
         if result.is_ok() {
@@ -651,7 +687,9 @@ fn flusher_loop(
         }
         match result {
             Ok(()) => {
-                shared.stats.record_batch(bytes, needs_sync, commits.len());
+                shared
+                    .stats
+                    .record_batch(bytes, mode != WriteMode::Plain, commits.len());
                 {
                     let mut index = shared.write_index();
                     for c in &commits {
