@@ -9,6 +9,16 @@ use std::sync::Arc;
 
 const NS: Namespace = Namespace::OBJECT;
 
+/// The bytes stored under `key`, which must be present and readable.
+fn read_back(store: &Store, namespace: Namespace, key: &[u8]) -> Vec<u8> {
+    store
+        .get(namespace, key)
+        .expect("get")
+        .expect("present")
+        .read_all()
+        .expect("read")
+}
+
 fn sim() -> (SimStorage, Arc<dyn Storage>) {
     let sim = SimStorage::new(4096);
     (sim.clone(), Arc::new(sim))
@@ -72,15 +82,7 @@ fn exercise_round_trip(open: &dyn Fn() -> Store) {
     assert!(store.delete(NS, b"big").expect("delete again").is_none());
     drop(store);
     let store = open();
-    assert_eq!(
-        store
-            .get(NS, b"small")
-            .expect("get")
-            .expect("present")
-            .read_all()
-            .expect("read"),
-        b"replaced"
-    );
+    assert_eq!(read_back(&store, NS, b"small"), b"replaced");
     assert!(store.get(NS, b"big").expect("get").is_none());
 }
 
@@ -126,26 +128,10 @@ fn an_abandoned_stream_leaves_nothing_visible() {
     let mut stream = store.put_stream(NS, b"k").expect("stream");
     stream.write(&content(3, 100_000)).expect("write");
     drop(stream);
-    assert_eq!(
-        store
-            .get(NS, b"k")
-            .expect("get")
-            .expect("present")
-            .read_all()
-            .expect("read"),
-        b"old"
-    );
+    assert_eq!(read_back(&store, NS, b"k"), b"old");
     drop(store);
     let store = Store::open_with(storage, small_config()).expect("reopen");
-    assert_eq!(
-        store
-            .get(NS, b"k")
-            .expect("get")
-            .expect("present")
-            .read_all()
-            .expect("read"),
-        b"old"
-    );
+    assert_eq!(read_back(&store, NS, b"k"), b"old");
 }
 
 #[test]
@@ -307,15 +293,7 @@ fn compaction_reclaims_space_while_reads_continue() {
             assert!(got.is_none(), "k{i} deleted before compaction is back");
         }
     }
-    assert_eq!(
-        store
-            .get(NS, b"streamed")
-            .expect("get")
-            .expect("kept")
-            .read_all()
-            .expect("read"),
-        streamed
-    );
+    assert_eq!(read_back(&store, NS, b"streamed"), streamed);
 }
 
 #[test]
@@ -347,15 +325,7 @@ fn a_flipped_byte_in_a_sealed_segment_is_reported_never_served() {
         other => panic!("corrupt bytes served: {:?}", other.map(|b| b.len())),
     }
     // Its neighbours are unaffected.
-    assert_eq!(
-        store
-            .get(NS, b"k4")
-            .expect("get")
-            .expect("present")
-            .read_all()
-            .expect("read"),
-        content(4, 10_000)
-    );
+    assert_eq!(read_back(&store, NS, b"k4"), content(4, 10_000));
 }
 
 #[test]
@@ -424,15 +394,7 @@ fn a_segment_file_shorter_than_its_header_is_reported_not_fatal() {
     store.put(NS, b"k", b"still works").expect("put");
     drop(store);
     let store = Store::open_with(storage, small_config()).expect("reopen");
-    assert_eq!(
-        store
-            .get(NS, b"k")
-            .expect("get")
-            .expect("present")
-            .read_all()
-            .expect("read"),
-        b"still works"
-    );
+    assert_eq!(read_back(&store, NS, b"k"), b"still works");
 }
 
 #[test]

@@ -16,7 +16,7 @@ use super::format::{
     segment_file_name, segment_temp_file_name, ChunkRef, DirEntry, Namespace, RecordHeader,
     RecordKind, DIRECTORY_BYTES_MAX, PAGE_BYTES, SEGMENT_FLAG_COMPACTED, SEGMENT_HEADER_BYTES,
 };
-use super::lifecycle::{create_segment, seal_segment};
+use super::lifecycle::{create_segment, open_mapped, seal_segment};
 use super::reader::{read_body, read_record, Object, SegmentHandle};
 use crate::error::{Error, Result};
 use crate::index::{Entry, IndexKey};
@@ -132,7 +132,14 @@ impl<'a> Output<'a> {
     }
 
     /// Appends one record; returns its offset.
-    fn append(&mut self, header: &mut RecordHeader, key: &[u8], body: &[u8]) -> Result<u64> {
+    /// Appends one record; `object_len` is what the directory lists for a findable record.
+    fn append(
+        &mut self,
+        header: &mut RecordHeader,
+        key: &[u8],
+        body: &[u8],
+        object_len: u64,
+    ) -> Result<u64> {
         header.segment_id = self.id;
         header.offset = self.offset();
         let len = header.record_len() as usize;
@@ -147,10 +154,7 @@ impl<'a> Output<'a> {
                 generation: header.generation,
                 seq: header.seq,
                 offset: header.offset,
-                object_len: match header.kind {
-                    RecordKind::Blob => header.body_len,
-                    _ => 0,
-                },
+                object_len,
                 key: key.to_vec(),
             });
         }
@@ -176,12 +180,7 @@ impl<'a> Output<'a> {
             .sync_dir()
             .map_err(|e| Error::io("fsync directory", name.as_str(), e))?;
         // Reopen under the final name so errors name the right file.
-        let file = storage
-            .open(&name)
-            .map_err(|e| Error::io("open", name.as_str(), e))?;
-        let map = file
-            .map()
-            .map_err(|e| Error::io("mmap", name.as_str(), e))?;
+        let (file, map) = open_mapped(storage.as_ref(), &name)?;
         let handle = Arc::new(SegmentHandle::new(self.id, file));
         handle.set_sealed(map);
         Ok(handle)
@@ -196,7 +195,13 @@ struct Outputs<'a> {
 }
 
 impl<'a> Outputs<'a> {
-    fn append(&mut self, mut header: RecordHeader, key: &[u8], body: &[u8]) -> Result<(u64, u64)> {
+    fn append(
+        &mut self,
+        mut header: RecordHeader,
+        key: &[u8],
+        body: &[u8],
+        object_len: u64,
+    ) -> Result<(u64, u64)> {
         let len = header.record_len();
         if !self
             .current
@@ -211,7 +216,7 @@ impl<'a> Outputs<'a> {
         let Some(out) = self.current.as_mut() else {
             return Err(Error::Closed);
         };
-        let offset = out.append(&mut header, key, body)?;
+        let offset = out.append(&mut header, key, body, object_len)?;
         Ok((out.id, offset))
     }
 
@@ -369,7 +374,8 @@ pub(crate) fn compact(shared: &Arc<Shared>, options: &CompactOptions) -> Result<
                     m.old.seq,
                     generation,
                 );
-                let (segment_id, offset) = outputs.append(header, &m.key, &body)?;
+                let (segment_id, offset) =
+                    outputs.append(header, &m.key, &body, m.old.object_len)?;
                 if m.old.kind == RecordKind::Blob {
                     report.objects_moved += 1;
                 } else {
@@ -406,7 +412,7 @@ pub(crate) fn compact(shared: &Arc<Shared>, options: &CompactOptions) -> Result<
                         part.record.header.seq,
                         0,
                     );
-                    let (segment_id, offset) = outputs.append(header, &m.key, &body)?;
+                    let (segment_id, offset) = outputs.append(header, &m.key, &body, 0)?;
                     chunks.push(ChunkRef {
                         segment_id,
                         offset,
@@ -422,12 +428,7 @@ pub(crate) fn compact(shared: &Arc<Shared>, options: &CompactOptions) -> Result<
                     m.old.seq,
                     generation,
                 );
-                let (segment_id, offset) = outputs.append(header, &m.key, &manifest)?;
-                if let Some(out) = outputs.current.as_mut() {
-                    if let Some(last) = out.directory.last_mut() {
-                        last.object_len = object.len;
-                    }
-                }
+                let (segment_id, offset) = outputs.append(header, &m.key, &manifest, object.len)?;
                 report.objects_moved += 1;
                 Entry {
                     generation,

@@ -7,7 +7,7 @@ use super::format::{
     SEGMENT_HEADER_BYTES, TRAILER_BYTES,
 };
 use crate::error::{Error, Result};
-use crate::io::{AlignedBuf, Storage, StorageFile};
+use crate::io::{AlignedBuf, Mapping, Storage, StorageFile};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 fn now_unix_ms() -> u64 {
@@ -15,6 +15,13 @@ fn now_unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Opens the file `name` and maps it.
+pub fn open_mapped(storage: &dyn Storage, name: &str) -> Result<(Box<dyn StorageFile>, Mapping)> {
+    let file = storage.open(name).map_err(|e| Error::io("open", name, e))?;
+    let map = file.map().map_err(|e| Error::io("mmap", name, e))?;
+    Ok((file, map))
 }
 
 /// Writes `buf` (page-aligned length) at `offset` and makes it durable.

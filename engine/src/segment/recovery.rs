@@ -14,7 +14,7 @@ use super::format::{
     decode_directory, parse_segment_file_name, DirEntry, RecordKind, SegmentHeader, Trailer,
     FORMAT_VERSION, PAGE_BYTES, SEGMENT_HEADER_BYTES, TORN_WINDOW_BYTES, TRAILER_BYTES,
 };
-use super::lifecycle::{pad_to_page, seal_segment};
+use super::lifecycle::{open_mapped, pad_to_page, seal_segment};
 use super::reader::SegmentHandle;
 use super::scan::{check_record, scan_records, ScannedRecord};
 use super::writer::ActiveStart;
@@ -138,12 +138,7 @@ pub(crate) fn recover(storage: &dyn Storage, segment_size_bytes_max: u64) -> Res
     let mut unsealed: Vec<Unsealed> = Vec::new();
 
     for (id, name) in ids {
-        let file = storage
-            .open(&name)
-            .map_err(|e| Error::io("open", name.as_str(), e))?;
-        let map = file
-            .map()
-            .map_err(|e| Error::io("mmap", name.as_str(), e))?;
+        let (file, map) = open_mapped(storage, &name)?;
         let len = map.len() as u64;
         if let Some(version) = SegmentHeader::peek_version(&map) {
             if version > FORMAT_VERSION {
