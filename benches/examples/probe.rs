@@ -1,6 +1,7 @@
 //! Quick probe of put throughput and batching: `cargo run --release -p kuvasto-benches
 //! --example probe -- SIZE_BYTES WRITERS PER_WRITER`. Prints MB/s and the writer's counters.
-//! Environment: `FLUSHERS=n`, `BATCH=bytes`, `DIRECT=0` (buffered writes instead of O_DIRECT).
+//! Environment: `FLUSHERS=n`, `BATCH=bytes`, `PUTBUF=bytes`, `DIRECT=0` (buffered writes
+//! instead of O_DIRECT).
 
 use kuvasto_benches::{mb_per_s, payload, raw_direct_write};
 use kuvasto_engine::{Namespace, Store, StoreConfig};
@@ -24,6 +25,9 @@ fn main() {
     }
     if std::env::var("DIRECT").is_ok_and(|v| v == "0") {
         config.direct_io = false;
+    }
+    if let Some(n) = std::env::var("PUTBUF").ok().and_then(|v| v.parse().ok()) {
+        config.put_buffer_bytes = n;
     }
     if let Some(n) = std::env::var("BATCH").ok().and_then(|v| v.parse().ok()) {
         config.batch_bytes_max = n;
