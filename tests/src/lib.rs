@@ -39,7 +39,7 @@ pub fn crash_config() -> StoreConfig {
         put_buffer_bytes: 64 * 1024,
         batch_bytes_max: 512 * 1024,
         requests_queued_max: 64,
-        flushers: 2,
+        flushers: 4,
         direct_io: true,
     }
 }
