@@ -8,7 +8,9 @@
 //! in `benches/README.md`.
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
-use kuvasto_benches::{cached_read, mb_per_s, naive_write_fsync, payload, raw_direct_write};
+use kuvasto_benches::{
+    cached_read, concurrent_puts, mb_per_s, naive_write_fsync, payload, raw_direct_write,
+};
 use kuvasto_engine::{Namespace, Store, StoreConfig};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -61,22 +63,8 @@ fn bench_dir() -> tempfile::TempDir {
 
 fn put_once(object: &Arc<Vec<u8>>, writers: usize, per_writer: usize, iteration: u64) -> Duration {
     let dir = bench_dir();
-    let store = Arc::new(Store::open(dir.path(), StoreConfig::default()).expect("open store"));
-    let start = Instant::now();
-    std::thread::scope(|scope| {
-        for w in 0..writers {
-            let (store, object) = (store.clone(), object.clone());
-            scope.spawn(move || {
-                for i in 0..per_writer {
-                    let key = format!("{iteration}-{w}-{i}");
-                    store
-                        .put(Namespace::OBJECT, key.as_bytes(), &object)
-                        .expect("put");
-                }
-            });
-        }
-    });
-    let elapsed = start.elapsed();
+    let store = Store::open(dir.path(), StoreConfig::default()).expect("open store");
+    let elapsed = concurrent_puts(&store, object, writers, per_writer, &iteration.to_string());
     drop(store);
     elapsed
 }

@@ -3,11 +3,9 @@
 //! Environment: `FLUSHERS=n`, `BATCH=bytes`, `PUTBUF=bytes`, `DIRECT=0` (buffered writes
 //! instead of O_DIRECT).
 
-use kuvasto_benches::{mb_per_s, payload, raw_direct_write};
-use kuvasto_engine::{Namespace, Store, StoreConfig};
+use kuvasto_benches::{concurrent_puts, mb_per_s, payload, raw_direct_write};
+use kuvasto_engine::{Store, StoreConfig};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::Instant;
 
 fn main() {
     let args: Vec<usize> = std::env::args()
@@ -32,22 +30,9 @@ fn main() {
     if let Some(n) = std::env::var("BATCH").ok().and_then(|v| v.parse().ok()) {
         config.batch_bytes_max = n;
     }
-    let store = Arc::new(Store::open(dir.path(), config).expect("open"));
-    let object = Arc::new(payload(size, 1));
-    let start = Instant::now();
-    std::thread::scope(|scope| {
-        for w in 0..writers {
-            let (store, object) = (store.clone(), object.clone());
-            scope.spawn(move || {
-                for i in 0..per_writer {
-                    store
-                        .put(Namespace::OBJECT, format!("{w}-{i}").as_bytes(), &object)
-                        .expect("put");
-                }
-            });
-        }
-    });
-    let elapsed = start.elapsed();
+    let store = Store::open(dir.path(), config).expect("open");
+    let object = payload(size, 1);
+    let elapsed = concurrent_puts(&store, &object, writers, per_writer, "probe");
     let bytes = (size * writers * per_writer) as u64;
     let stats = store.engine_stats();
     let batches = stats.batches.load(Ordering::Relaxed);

@@ -1,6 +1,7 @@
 //! Baselines that Kuvasto's benches measure in the same process as the engine, so results are
 //! ratios on the same disk at the same moment rather than absolute numbers from another day.
 
+use kuvasto_engine::{Namespace, Store};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -20,6 +21,31 @@ pub fn payload(len: usize, seed: u64) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+/// `writers` threads each put `per_writer` copies of `object` (keys `{prefix}-{writer}-{i}`)
+/// into `store`; returns the time until the last put was acknowledged.
+pub fn concurrent_puts(
+    store: &Store,
+    object: &[u8],
+    writers: usize,
+    per_writer: usize,
+    prefix: &str,
+) -> Duration {
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for w in 0..writers {
+            scope.spawn(move || {
+                for i in 0..per_writer {
+                    let key = format!("{prefix}-{w}-{i}");
+                    store
+                        .put(Namespace::OBJECT, key.as_bytes(), object)
+                        .expect("put");
+                }
+            });
+        }
+    });
+    start.elapsed()
 }
 
 /// The naive durable loop: for each object, `write_all` then `sync_data` (one file per writer,
