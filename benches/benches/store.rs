@@ -10,6 +10,7 @@
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use kuvasto_benches::{
     cached_read, concurrent_puts, mb_per_s, naive_write_fsync, payload, raw_direct_write,
+    raw_direct_write_small_pages,
 };
 use kuvasto_engine::{Namespace, Store, StoreConfig};
 use std::collections::BTreeMap;
@@ -277,52 +278,52 @@ fn summary(results: &Results) {
     }
 }
 
-/// Ratio of engine to raw O_DIRECT throughput from interleaved pairs (raw, engine, engine,
-/// raw, …): the disk's speed drifts by ±20 % over seconds on this machine, so only measurements
-/// taken side by side compare fairly. Returns (median ratio, median engine MB/s, median raw MB/s).
-fn paired(size: usize, writers: usize, per_writer: usize, pairs: usize) -> (f64, f64, f64) {
+/// Medians of interleaved runs (raw, engine, dd-like raw; then rotated): the disk's speed
+/// drifts by ±20 % over seconds on this machine, so only measurements taken side by side
+/// compare fairly. Returns median MB/s of (engine, raw from a huge-page buffer, raw from a
+/// 4 KiB-page buffer) and the median per-round ratios engine/raw and engine/dd-like raw.
+fn paired(size: usize, writers: usize, per_writer: usize, rounds: usize) -> [f64; 5] {
     let object = Arc::new(payload(size, size as u64));
     let bytes = (size * writers * per_writer) as u64;
-    let mut ratios = Vec::new();
-    let mut engine = Vec::new();
-    let mut raw = Vec::new();
-    for i in 0..pairs {
-        let run_raw = || {
+    let mut columns: [Vec<f64>; 5] = Default::default();
+    for i in 0..rounds {
+        let mut times = [Duration::ZERO; 3];
+        for step in 0..3 {
+            let which = (step + i) % 3;
             let dir = bench_dir();
-            raw_direct_write(dir.path(), bytes).expect("raw")
-        };
-        let (r, k) = if i % 2 == 0 {
-            let r = run_raw();
-            (r, put_once(&object, writers, per_writer, i as u64))
-        } else {
-            let k = put_once(&object, writers, per_writer, i as u64);
-            (run_raw(), k)
-        };
-        ratios.push(r.as_secs_f64() / k.as_secs_f64());
-        engine.push(mb_per_s(bytes, k));
-        raw.push(mb_per_s(bytes, r));
+            times[which] = match which {
+                0 => put_once(&object, writers, per_writer, i as u64),
+                1 => raw_direct_write(dir.path(), bytes).expect("raw"),
+                _ => raw_direct_write_small_pages(dir.path(), bytes).expect("raw, small pages"),
+            };
+        }
+        for (column, time) in columns.iter_mut().zip(times) {
+            column.push(mb_per_s(bytes, time));
+        }
+        columns[3].push(times[1].as_secs_f64() / times[0].as_secs_f64());
+        columns[4].push(times[2].as_secs_f64() / times[0].as_secs_f64());
     }
-    let median = |v: &mut Vec<f64>| {
+    columns.map(|mut v| {
         v.sort_by(|a, b| a.total_cmp(b));
         v[v.len() / 2]
-    };
-    (median(&mut ratios), median(&mut engine), median(&mut raw))
+    })
 }
 
-fn paired_summary(pairs: usize) {
-    println!("\n## Engine vs raw O_DIRECT, interleaved pairs (median of {pairs})\n");
-    println!("| put case | kuvasto MB/s | raw O_DIRECT MB/s | kuvasto / raw |");
-    println!("|---|---|---|---|");
+fn paired_summary(rounds: usize) {
+    println!("\n## Engine vs raw O_DIRECT, interleaved rounds (median of {rounds})\n");
+    println!("| put case | kuvasto MB/s | raw O_DIRECT MB/s (huge pages) | raw O_DIRECT MB/s (4 KiB pages, like dd) | kuvasto / raw | kuvasto / dd-like raw |");
+    println!("|---|---|---|---|---|---|");
     for &(size, writers, per_writer) in PUT_CASES {
         if size < 512 * KIB {
             continue;
         }
-        let (ratio, k, r) = paired(size, writers, per_writer, pairs);
+        let [k, r, d, ratio, ratio_dd] = paired(size, writers, per_writer, rounds);
         println!(
-            "| {}/{}w | {k:.0} | {r:.0} | {:.0} % |",
+            "| {}/{}w | {k:.0} | {r:.0} | {d:.0} | {:.0} % | {:.0} % |",
             size_label(size),
             writers,
-            100.0 * ratio
+            100.0 * ratio,
+            100.0 * ratio_dd
         );
     }
 }
@@ -331,12 +332,16 @@ fn main() {
     let results: Results = Arc::default();
     let mut c = Criterion::default().configure_from_args();
     let filter_reads_only = std::env::args().any(|a| a == "get");
-    if !filter_reads_only {
-        puts(&mut c, &results);
+    // `KUVASTO_BENCH_PAIRED_ONLY=1` runs only the interleaved comparison.
+    let paired_only = std::env::var_os("KUVASTO_BENCH_PAIRED_ONLY").is_some();
+    if !paired_only {
+        if !filter_reads_only {
+            puts(&mut c, &results);
+        }
+        reads(&mut c, &results);
+        c.final_summary();
+        summary(&results);
     }
-    reads(&mut c, &results);
-    c.final_summary();
-    summary(&results);
     if !filter_reads_only {
         let test_mode = std::env::args().any(|a| a == "--test");
         paired_summary(if test_mode { 1 } else { 7 });

@@ -83,9 +83,27 @@ pub fn naive_write_fsync(
 }
 
 /// Raw sequential `O_DIRECT` writes of `total_bytes` in 8 MiB aligned writes into a
-/// preallocated file, then one `fdatasync`: the disk's durable streaming bandwidth.
+/// preallocated file, then one `fdatasync`: the disk's durable streaming bandwidth. The buffer
+/// is the engine's own huge-page-backed kind, so this is the strictest baseline.
 pub fn raw_direct_write(dir: &Path, total_bytes: u64) -> io::Result<Duration> {
-    const WRITE_BYTES: usize = 8 << 20;
+    let mut buf = kuvasto_engine::io::AlignedBuf::with_capacity(RAW_WRITE_BYTES);
+    buf.set_len(RAW_WRITE_BYTES);
+    buf.copy_from_slice(&payload(RAW_WRITE_BYTES, 7));
+    raw_direct_write_from(dir, total_bytes, &buf)
+}
+
+/// The same as [`raw_direct_write`] from an ordinary heap buffer (4 KiB pages), as `dd
+/// oflag=direct` writes: the baseline `shared/NOTES.md` quotes.
+pub fn raw_direct_write_small_pages(dir: &Path, total_bytes: u64) -> io::Result<Duration> {
+    let mut heap = payload(RAW_WRITE_BYTES + 4096, 7);
+    let skip = heap.as_ptr().align_offset(4096);
+    let buf = &mut heap[skip..skip + RAW_WRITE_BYTES];
+    raw_direct_write_from(dir, total_bytes, buf)
+}
+
+const RAW_WRITE_BYTES: usize = 8 << 20;
+
+fn raw_direct_write_from(dir: &Path, total_bytes: u64, buf: &[u8]) -> io::Result<Duration> {
     let path = dir.join("raw-direct");
     let file = OpenOptions::new()
         .create(true)
@@ -98,14 +116,10 @@ pub fn raw_direct_write(dir: &Path, total_bytes: u64) -> io::Result<Duration> {
     if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, total as i64) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    let buf = kuvasto_engine::io::AlignedBuf::with_capacity(WRITE_BYTES);
-    let mut buf = buf;
-    buf.set_len(WRITE_BYTES);
-    buf.copy_from_slice(&payload(WRITE_BYTES, 7));
     let start = Instant::now();
     let mut offset = 0u64;
     while offset < total {
-        let n = (total - offset).min(WRITE_BYTES as u64) as usize;
+        let n = (total - offset).min(buf.len() as u64) as usize;
         file.write_all_at(&buf[..n], offset)?;
         offset += n as u64;
     }
