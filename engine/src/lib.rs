@@ -16,6 +16,7 @@
 //! bytes and the record that makes them findable are durable (`fdatasync`); no byte is served
 //! without passing its checksum; after a failed write or sync the store refuses writes.
 
+pub mod dicom;
 pub mod error;
 pub mod index;
 pub mod io;

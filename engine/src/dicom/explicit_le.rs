@@ -1,0 +1,672 @@
+//! The fast path: a streaming scanner for data sets encoded in Explicit VR Little Endian.
+//!
+//! Bytes are fed as they arrive ([`ExplicitLeScanner::feed`]). The scanner reads each
+//! top-level element header (tag, VR, length), copies the value of a wanted attribute, and
+//! skips every other value without keeping it — a large private blob before Pixel Data costs
+//! no memory. Undefined-length sequences (and encapsulated data inside items) are walked to
+//! find their end; they are the only thing held in memory whole, bounded by
+//! [`ScanLimits::buffered_bytes_max`]. The scan stops at top-level (7FE0,0010) Pixel Data and
+//! reports where it starts; what follows is never looked at.
+//!
+//! Every declared length is checked against the limits before anything is kept, and an
+//! element the fast path cannot read correctly (a VR that is not two capital letters — the
+//! bytes are not explicit VR — or UN of undefined length, which must be read as implicit VR)
+//! is *declined* with [`ScanError::Decline`], so the caller uses the general (dicom-parser)
+//! path instead.
+
+use super::Tag;
+
+/// Bounds on what the scanner keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanLimits {
+    /// Deepest nesting of sequences and items.
+    pub depth_max: usize,
+    /// Longest value of a wanted attribute.
+    pub wanted_value_bytes_max: u32,
+    /// Most bytes held at once (an undefined-length sequence being walked, a partial header).
+    pub buffered_bytes_max: usize,
+}
+
+impl Default for ScanLimits {
+    fn default() -> Self {
+        ScanLimits {
+            depth_max: 16,
+            wanted_value_bytes_max: 1 << 20,
+            buffered_bytes_max: 16 << 20,
+        }
+    }
+}
+
+/// A wanted attribute found at the top level of the data set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Element {
+    pub tag: Tag,
+    pub vr: [u8; 2],
+    /// Stream offset of the value's first byte.
+    pub value_offset: u64,
+    pub value: Vec<u8>,
+}
+
+/// Where top-level Pixel Data starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PixelDataAt {
+    /// Stream offset of the element's tag.
+    pub element_offset: u64,
+    /// Stream offset of the value (for encapsulated data: of the first item, the offset table).
+    pub value_offset: u64,
+    pub vr: [u8; 2],
+    /// `None` for undefined length (encapsulated).
+    pub length: Option<u32>,
+}
+
+/// Why scanning stopped early.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScanError {
+    /// The fast path cannot read this correctly; use the general path.
+    #[error("fast path declines at offset {offset}: {reason}")]
+    Decline { offset: u64, reason: String },
+    /// The bytes are not a valid data set.
+    #[error("malformed data set at offset {offset}: {reason}")]
+    Malformed { offset: u64, reason: String },
+    /// A limit was exceeded.
+    #[error("at offset {offset}: {what} is {value}, the limit is {max}")]
+    Limit {
+        offset: u64,
+        what: &'static str,
+        value: u64,
+        max: u64,
+    },
+}
+
+/// Progress after a [`ExplicitLeScanner::feed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Feed more bytes (or call [`ExplicitLeScanner::finish`] at the end of the stream).
+    NeedMore,
+    /// Pixel Data reached; nothing more is needed.
+    PixelData(PixelDataAt),
+}
+
+/// What a finished scan found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scanned {
+    pub elements: Vec<Element>,
+    pub pixel_data: Option<PixelDataAt>,
+}
+
+const UNDEFINED: u32 = u32::MAX;
+
+fn le_u16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn read_tag(b: &[u8], at: usize) -> Tag {
+    Tag::new(le_u16(b, at), le_u16(b, at + 2))
+}
+
+/// VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
+fn has_long_length(vr: [u8; 2]) -> bool {
+    matches!(
+        &vr,
+        b"OB"
+            | b"OD"
+            | b"OF"
+            | b"OL"
+            | b"OV"
+            | b"OW"
+            | b"SQ"
+            | b"SV"
+            | b"UC"
+            | b"UN"
+            | b"UR"
+            | b"UT"
+            | b"UV"
+    )
+}
+
+/// An element header: tag, VR, value length, header size.
+struct Header {
+    tag: Tag,
+    vr: [u8; 2],
+    length: u32,
+    header_len: usize,
+}
+
+/// Outcome of reading something that must be complete in the buffer.
+enum Need<T> {
+    Have(T),
+    More,
+}
+
+fn read_header(b: &[u8], at: usize, offset: u64) -> Result<Need<Header>, ScanError> {
+    if b.len() < at + 8 {
+        return Ok(Need::More);
+    }
+    let tag = read_tag(b, at);
+    if tag.group() == 0xFFFE {
+        return Ok(Need::Have(Header {
+            tag,
+            vr: *b"  ",
+            length: le_u32(b, at + 4),
+            header_len: 8,
+        }));
+    }
+    let vr = [b[at + 4], b[at + 5]];
+    if !vr.iter().all(u8::is_ascii_uppercase) {
+        return Err(ScanError::Decline {
+            offset,
+            reason: format!(
+                "{tag} has no explicit VR (bytes {:02X} {:02X})",
+                vr[0], vr[1]
+            ),
+        });
+    }
+    if has_long_length(vr) {
+        if b.len() < at + 12 {
+            return Ok(Need::More);
+        }
+        Ok(Need::Have(Header {
+            tag,
+            vr,
+            length: le_u32(b, at + 8),
+            header_len: 12,
+        }))
+    } else {
+        Ok(Need::Have(Header {
+            tag,
+            vr,
+            length: u32::from(le_u16(b, at + 6)),
+            header_len: 8,
+        }))
+    }
+}
+
+/// The streaming scanner (see the module documentation).
+pub struct ExplicitLeScanner<W: Fn(Tag) -> bool> {
+    wanted: W,
+    limits: ScanLimits,
+    /// Bytes received but not yet consumed; `pending[0]` is at stream offset `pending_offset`.
+    pending: Vec<u8>,
+    pending_offset: u64,
+    /// Bytes of an unwanted value still to be skipped before `pending` continues.
+    skip: u64,
+    elements: Vec<Element>,
+    pixel_data: Option<PixelDataAt>,
+}
+
+impl<W: Fn(Tag) -> bool> ExplicitLeScanner<W> {
+    /// A scanner for a data set starting at stream offset `start_offset` (after the file meta
+    /// group), keeping the attributes for which `wanted` is true.
+    pub fn new(start_offset: u64, wanted: W, limits: ScanLimits) -> Self {
+        ExplicitLeScanner {
+            wanted,
+            limits,
+            pending: Vec::new(),
+            pending_offset: start_offset,
+            skip: 0,
+            elements: Vec::new(),
+            pixel_data: None,
+        }
+    }
+
+    /// Bytes currently held (for tests of the memory bound).
+    pub fn buffered_bytes(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Feeds the next bytes of the stream.
+    pub fn feed(&mut self, mut chunk: &[u8]) -> Result<Progress, ScanError> {
+        if let Some(at) = self.pixel_data {
+            return Ok(Progress::PixelData(at));
+        }
+        if self.skip > 0 {
+            let n = (chunk.len() as u64).min(self.skip);
+            self.skip -= n;
+            self.pending_offset += n;
+            chunk = &chunk[n as usize..];
+            if self.skip > 0 || chunk.is_empty() {
+                return Ok(Progress::NeedMore);
+            }
+        }
+        if self.pending.len() + chunk.len() > self.limits.buffered_bytes_max {
+            return Err(ScanError::Limit {
+                offset: self.pending_offset,
+                what: "bytes held while scanning",
+                value: (self.pending.len() + chunk.len()) as u64,
+                max: self.limits.buffered_bytes_max as u64,
+            });
+        }
+        self.pending.extend_from_slice(chunk);
+        let progress = self.scan_pending();
+        let consumed = match &progress {
+            Ok((consumed, _)) => *consumed,
+            Err(_) => 0,
+        };
+        self.pending.drain(..consumed);
+        self.pending_offset += consumed as u64;
+        let (_, progress) = progress?;
+        Ok(progress)
+    }
+
+    /// Scans complete top-level elements of `pending`; returns bytes consumed.
+    fn scan_pending(&mut self) -> Result<(usize, Progress), ScanError> {
+        let mut at = 0usize;
+        loop {
+            let offset = self.pending_offset + at as u64;
+            let b = &self.pending;
+            let header = match read_header(b, at, offset)? {
+                Need::Have(h) => h,
+                Need::More => return Ok((at, Progress::NeedMore)),
+            };
+            if header.tag.group() == 0xFFFE {
+                return Err(ScanError::Malformed {
+                    offset,
+                    reason: format!("{} outside a sequence", header.tag),
+                });
+            }
+            let value_at = at + header.header_len;
+            if header.tag == Tag::PIXEL_DATA {
+                let found = PixelDataAt {
+                    element_offset: offset,
+                    value_offset: offset + header.header_len as u64,
+                    vr: header.vr,
+                    length: (header.length != UNDEFINED).then_some(header.length),
+                };
+                self.pixel_data = Some(found);
+                return Ok((value_at, Progress::PixelData(found)));
+            }
+            if header.length == UNDEFINED {
+                if &header.vr == b"UN" {
+                    return Err(ScanError::Decline {
+                        offset,
+                        reason: format!("{} is UN of undefined length", header.tag),
+                    });
+                }
+                if &header.vr != b"SQ" {
+                    return Err(ScanError::Malformed {
+                        offset,
+                        reason: format!(
+                            "{} has undefined length with VR {}",
+                            header.tag,
+                            String::from_utf8_lossy(&header.vr)
+                        ),
+                    });
+                }
+                match self.walk_sequence(value_at, 1)? {
+                    Need::Have(end) => {
+                        at = end;
+                        continue;
+                    }
+                    Need::More => return Ok((at, Progress::NeedMore)),
+                }
+            }
+            let length = header.length as usize;
+            if (self.wanted)(header.tag) {
+                if header.length > self.limits.wanted_value_bytes_max {
+                    return Err(ScanError::Limit {
+                        offset,
+                        what: "length of a wanted value",
+                        value: u64::from(header.length),
+                        max: u64::from(self.limits.wanted_value_bytes_max),
+                    });
+                }
+                if self.pending.len() < value_at + length {
+                    return Ok((at, Progress::NeedMore));
+                }
+                self.elements.push(Element {
+                    tag: header.tag,
+                    vr: header.vr,
+                    value_offset: offset + header.header_len as u64,
+                    value: self.pending[value_at..value_at + length].to_vec(),
+                });
+                at = value_at + length;
+                continue;
+            }
+            let available = self.pending.len() - value_at.min(self.pending.len());
+            if available >= length {
+                at = value_at + length;
+                continue;
+            }
+            // Skip the rest of this value as it streams past, holding nothing.
+            self.skip = (length - available) as u64;
+            return Ok((self.pending.len(), Progress::NeedMore));
+        }
+    }
+
+    /// Walks an undefined-length sequence (or encapsulated data) whose first item starts at
+    /// `at`; returns where it ends, or `More` if it is not all buffered yet.
+    fn walk_sequence(&self, mut at: usize, depth: usize) -> Result<Need<usize>, ScanError> {
+        self.check_depth(at, depth)?;
+        loop {
+            let offset = self.pending_offset + at as u64;
+            let b = &self.pending;
+            if b.len() < at + 8 {
+                return Ok(Need::More);
+            }
+            let tag = read_tag(b, at);
+            let length = le_u32(b, at + 4);
+            at += 8;
+            match tag {
+                Tag::SEQUENCE_DELIMITER => return Ok(Need::Have(at)),
+                Tag::ITEM if length == UNDEFINED => match self.walk_item(at, depth + 1)? {
+                    Need::Have(end) => at = end,
+                    Need::More => return Ok(Need::More),
+                },
+                Tag::ITEM => {
+                    if b.len() < at + length as usize {
+                        return Ok(Need::More);
+                    }
+                    at += length as usize;
+                }
+                other => {
+                    return Err(ScanError::Malformed {
+                        offset,
+                        reason: format!("{other} inside a sequence where an item belongs"),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Walks the elements of an undefined-length item starting at `at`, up to its delimiter.
+    fn walk_item(&self, mut at: usize, depth: usize) -> Result<Need<usize>, ScanError> {
+        self.check_depth(at, depth)?;
+        loop {
+            let offset = self.pending_offset + at as u64;
+            let header = match read_header(&self.pending, at, offset)? {
+                Need::Have(h) => h,
+                Need::More => return Ok(Need::More),
+            };
+            at += header.header_len;
+            if header.tag == Tag::ITEM_DELIMITER {
+                return Ok(Need::Have(at));
+            }
+            if header.tag.group() == 0xFFFE {
+                return Err(ScanError::Malformed {
+                    offset,
+                    reason: format!("{} inside an item", header.tag),
+                });
+            }
+            if header.length == UNDEFINED {
+                match &header.vr {
+                    b"UN" => {
+                        return Err(ScanError::Decline {
+                            offset,
+                            reason: format!("{} is UN of undefined length", header.tag),
+                        })
+                    }
+                    // Nested sequences, and encapsulated pixel data of an icon: items up to a
+                    // sequence delimiter either way.
+                    b"SQ" | b"OB" | b"OW" => match self.walk_sequence(at, depth + 1)? {
+                        Need::Have(end) => at = end,
+                        Need::More => return Ok(Need::More),
+                    },
+                    vr => {
+                        return Err(ScanError::Malformed {
+                            offset,
+                            reason: format!(
+                                "{} has undefined length with VR {}",
+                                header.tag,
+                                String::from_utf8_lossy(vr)
+                            ),
+                        })
+                    }
+                }
+                continue;
+            }
+            if self.pending.len() < at + header.length as usize {
+                return Ok(Need::More);
+            }
+            at += header.length as usize;
+        }
+    }
+
+    fn check_depth(&self, at: usize, depth: usize) -> Result<(), ScanError> {
+        if depth > self.limits.depth_max {
+            return Err(ScanError::Limit {
+                offset: self.pending_offset + at as u64,
+                what: "sequence nesting depth",
+                value: depth as u64,
+                max: self.limits.depth_max as u64,
+            });
+        }
+        Ok(())
+    }
+
+    /// Ends the stream: the data set had no Pixel Data, or it did and was scanned already.
+    pub fn finish(self) -> Result<Scanned, ScanError> {
+        if self.pixel_data.is_none() && (self.skip > 0 || !self.pending.is_empty()) {
+            return Err(ScanError::Malformed {
+                offset: self.pending_offset,
+                reason: if self.skip > 0 {
+                    format!("stream ended {} bytes inside a value", self.skip)
+                } else {
+                    format!(
+                        "stream ended inside an element ({} bytes left)",
+                        self.pending.len()
+                    )
+                },
+            });
+        }
+        Ok(Scanned {
+            elements: self.elements,
+            pixel_data: self.pixel_data,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn el(tag: Tag, vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&tag.group().to_le_bytes());
+        out.extend_from_slice(&tag.element().to_le_bytes());
+        out.extend_from_slice(vr);
+        if has_long_length(*vr) {
+            out.extend_from_slice(&[0, 0]);
+            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        } else {
+            out.extend_from_slice(&(value.len() as u16).to_le_bytes());
+        }
+        out.extend_from_slice(value);
+        out
+    }
+
+    fn undefined(tag: Tag, vr: &[u8; 2]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&tag.group().to_le_bytes());
+        out.extend_from_slice(&tag.element().to_le_bytes());
+        out.extend_from_slice(vr);
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&UNDEFINED.to_le_bytes());
+        out
+    }
+
+    fn marker(tag: Tag, length: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&tag.group().to_le_bytes());
+        out.extend_from_slice(&tag.element().to_le_bytes());
+        out.extend_from_slice(&length.to_le_bytes());
+        out
+    }
+
+    const PATIENT_ID: Tag = Tag::new(0x0010, 0x0020);
+    const MODALITY: Tag = Tag::new(0x0008, 0x0060);
+    const PRIVATE_BLOB: Tag = Tag::new(0x0029, 0x1010);
+    const SEQ: Tag = Tag::new(0x0008, 0x1115);
+
+    /// A data set with a wanted value, an undefined-length sequence holding a nested sequence
+    /// and an item of defined length, a large private blob, then encapsulated pixel data.
+    fn sample() -> (Vec<u8>, usize) {
+        let mut d = Vec::new();
+        d.extend(el(MODALITY, b"CS", b"CT"));
+        d.extend(undefined(SEQ, b"SQ"));
+        d.extend(marker(Tag::ITEM, UNDEFINED));
+        d.extend(el(Tag::new(0x0008, 0x1150), b"UI", b"1.2.3\0"));
+        d.extend(undefined(Tag::new(0x0008, 0x1199), b"SQ"));
+        let inner = el(Tag::new(0x0008, 0x1155), b"UI", b"1.2.4\0");
+        d.extend(marker(Tag::ITEM, inner.len() as u32));
+        d.extend(inner);
+        d.extend(marker(Tag::SEQUENCE_DELIMITER, 0));
+        d.extend(marker(Tag::ITEM_DELIMITER, 0));
+        d.extend(marker(Tag::SEQUENCE_DELIMITER, 0));
+        d.extend(el(PRIVATE_BLOB, b"OB", &vec![7u8; 100_000]));
+        d.extend(el(PATIENT_ID, b"LO", b"010203-123A "));
+        let pixel_at = d.len();
+        d.extend(undefined(Tag::PIXEL_DATA, b"OB"));
+        d.extend(marker(Tag::ITEM, 0));
+        d.extend(marker(Tag::ITEM, 4));
+        d.extend_from_slice(&[1, 2, 3, 4]);
+        d.extend(marker(Tag::SEQUENCE_DELIMITER, 0));
+        (d, pixel_at)
+    }
+
+    fn wanted(tag: Tag) -> bool {
+        tag == PATIENT_ID || tag == MODALITY
+    }
+
+    fn scan_in_chunks(data: &[u8], chunk: usize) -> Result<(Scanned, usize), ScanError> {
+        let mut scanner = ExplicitLeScanner::new(132, wanted, ScanLimits::default());
+        let mut held_max = 0;
+        for piece in data.chunks(chunk.max(1)) {
+            let progress = scanner.feed(piece)?;
+            held_max = held_max.max(scanner.buffered_bytes());
+            if let Progress::PixelData(_) = progress {
+                break;
+            }
+        }
+        Ok((scanner.finish()?, held_max))
+    }
+
+    #[test]
+    fn finds_wanted_values_and_pixel_data_at_any_chunking() {
+        let (data, pixel_at) = sample();
+        let (whole, _) = scan_in_chunks(&data, data.len()).expect("scan");
+        assert_eq!(whole.elements.len(), 2);
+        assert_eq!(whole.elements[0].value, b"CT");
+        assert_eq!(whole.elements[1].tag, PATIENT_ID);
+        assert_eq!(whole.elements[1].value, b"010203-123A ");
+        let pixel = whole.pixel_data.expect("pixel data");
+        assert_eq!(pixel.element_offset, 132 + pixel_at as u64);
+        assert_eq!(pixel.length, None);
+        for chunk in [1, 2, 3, 7, 64, 4096] {
+            let (chunked, held) = scan_in_chunks(&data, chunk).expect("scan");
+            assert_eq!(chunked, whole, "chunk size {chunk}");
+            // The 100 kB private blob streams past without being held.
+            assert!(held < 1000, "held {held} bytes with {chunk}-byte chunks");
+        }
+    }
+
+    #[test]
+    fn a_data_set_without_pixel_data_ends_cleanly_and_a_cut_one_does_not() {
+        let data = [el(MODALITY, b"CS", b"SR"), el(PATIENT_ID, b"LO", b"X")].concat();
+        let (scanned, _) = scan_in_chunks(&data, 5).expect("scan");
+        assert_eq!(scanned.pixel_data, None);
+        assert_eq!(scanned.elements.len(), 2);
+        for cut in 1..data.len() {
+            if cut == 10 {
+                continue; // a whole first element is a valid (shorter) data set
+            }
+            let err = scan_in_chunks(&data[..cut], 3).expect_err("truncated");
+            assert!(
+                matches!(err, ScanError::Malformed { .. }),
+                "cut {cut}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn implicit_vr_bytes_and_undefined_un_are_declined() {
+        // Implicit VR: the 4 bytes after the tag are a length, not letters.
+        let mut implicit = Vec::new();
+        implicit.extend_from_slice(&[0x08, 0x00, 0x60, 0x00, 2, 0, 0, 0]);
+        implicit.extend_from_slice(b"CT");
+        let err = scan_in_chunks(&implicit, 100).expect_err("declined");
+        assert!(
+            matches!(err, ScanError::Decline { offset: 132, .. }),
+            "{err}"
+        );
+        let un = undefined(Tag::new(0x0009, 0x0010), b"UN");
+        let err = scan_in_chunks(&un, 100).expect_err("declined");
+        assert!(matches!(err, ScanError::Decline { .. }), "{err}");
+    }
+
+    #[test]
+    fn lying_and_huge_lengths_get_specific_errors() {
+        let huge = el(PATIENT_ID, b"UT", b"");
+        let mut huge = huge;
+        huge[8..12].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+        let err = scan_in_chunks(&huge, 100).expect_err("limit");
+        assert!(
+            matches!(
+                err,
+                ScanError::Limit {
+                    what: "length of a wanted value",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // An unwanted value that claims more bytes than the stream has: truncated at the end,
+        // and nothing was held meanwhile.
+        let mut lying = el(PRIVATE_BLOB, b"OB", &[1, 2, 3]);
+        lying[8..12].copy_from_slice(&0x7FFF_FFFFu32.to_le_bytes());
+        let err = scan_in_chunks(&lying, 100).expect_err("truncated");
+        assert!(matches!(err, ScanError::Malformed { .. }), "{err}");
+        // An item at the top level, and a sequence nested deeper than the limit.
+        let err = scan_in_chunks(&marker(Tag::ITEM, 0), 100).expect_err("malformed");
+        assert!(matches!(err, ScanError::Malformed { .. }), "{err}");
+        let mut deep = Vec::new();
+        for _ in 0..20 {
+            deep.extend(undefined(SEQ, b"SQ"));
+            deep.extend(marker(Tag::ITEM, UNDEFINED));
+        }
+        let err = scan_in_chunks(&deep, 4096).expect_err("too deep");
+        assert!(
+            matches!(
+                err,
+                ScanError::Limit {
+                    what: "sequence nesting depth",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_sequence_larger_than_the_buffer_limit_is_refused() {
+        let mut big = undefined(SEQ, b"SQ");
+        big.extend(marker(Tag::ITEM, 200_000));
+        big.extend(vec![0u8; 200_000]);
+        let mut scanner = ExplicitLeScanner::new(
+            0,
+            wanted,
+            ScanLimits {
+                buffered_bytes_max: 64 * 1024,
+                ..ScanLimits::default()
+            },
+        );
+        let err = big
+            .chunks(4096)
+            .map(|c| scanner.feed(c))
+            .find_map(Result::err)
+            .expect("refused");
+        assert!(
+            matches!(
+                err,
+                ScanError::Limit {
+                    what: "bytes held while scanning",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+}
