@@ -1,13 +1,18 @@
-//! Arbitrary bytes through the Explicit VR Little Endian fast path, fed in two pieces split
-//! where the input says: no panic, nothing held beyond the limits, and every value reported
-//! is exactly the bytes at its offset.
+//! Arbitrary bytes through the file meta reader and through the Explicit VR Little Endian fast
+//! path (fed in two pieces split where the input says): no panic, nothing held beyond the
+//! limits, and every value reported is exactly the bytes at its offset.
 #![no_main]
 
 use kuvasto_engine::dicom::explicit_le::{ExplicitLeScanner, Progress, ScanLimits};
+use kuvasto_engine::dicom::meta::{read_file_meta, MetaLimits};
 use kuvasto_engine::dicom::Tag;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &[u8]| {
+    // The file meta reader on the same bytes: no panic, no allocation beyond its limits.
+    if let Ok(Some(meta)) = read_file_meta(input, MetaLimits::default()) {
+        assert!(meta.data_set_offset as usize <= input.len());
+    }
     let Some((&split, data)) = input.split_first() else {
         return;
     };

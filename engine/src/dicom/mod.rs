@@ -1,12 +1,16 @@
 //! DICOM: streaming extraction of the attributes the archive indexes.
 //!
-//! Work in progress for issue 3. Today: the zero-copy fast path for Explicit VR Little Endian
-//! ([`explicit_le`]), which reads elements as the bytes stream in, keeps the values of wanted
-//! attributes, skips everything else without buffering it, walks undefined-length sequences,
-//! and stops at Pixel Data. Not yet wired into the store; the `dicom-parser` path for other
-//! transfer syntaxes, the file meta group, frame maps and indices follow.
+//! Work in progress for issue 3. Today:
+//! - [`meta`]: the Part-10 preamble and file meta group, with every length bounded;
+//! - [`explicit_le`]: the fast path for Explicit VR Little Endian, which reads elements as the
+//!   bytes stream in, keeps the values of wanted attributes, skips everything else without
+//!   buffering it, walks undefined-length sequences, and stops at Pixel Data.
+//!
+//! Not yet wired into the store; the `dicom-parser` path for other transfer syntaxes, character
+//! sets, the indexed attribute set, frame maps and indices follow.
 
 pub mod explicit_le;
+pub mod meta;
 
 /// A DICOM tag as `(group << 16) | element`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
