@@ -10,6 +10,7 @@
 //! sets, the indexed attribute set, frame maps and indices follow.
 
 pub mod explicit_le;
+pub mod extract;
 pub mod meta;
 
 /// A DICOM tag as `(group << 16) | element`.
