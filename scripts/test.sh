@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs Kuvasto's whole test suite, installing what it needs first. CI (.ci/run) calls this.
+# Runs Kuvasto's whole test suite, installing what it needs first (rustfmt/clippy if missing,
+# pydicom in .venv for its sample files, cargo-fuzz). CI (.ci/run) calls this.
 #
 #   FUZZ_SECONDS          seconds per fuzz target (default 60; 0 skips fuzzing)
 #   KUVASTO_CRASH_CYCLES  kill -9 cycles of the crash test (default 15)
@@ -23,7 +24,14 @@ cargo fmt --all -- --check
 step "lint"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "tests: unit, property, fault injection, kill -9"
+step "python test dependencies (.venv: pydicom and its sample files)"
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/pip install --quiet --disable-pip-version-check "pydicom>=3,<4"
+export KUVASTO_REQUIRE_SAMPLES=1
+
+step "tests: unit, property, fault injection, kill -9, DICOM differential"
 cargo test --workspace 2>&1 | tee target/test.log
 passed=$(grep -Eo '^test result: .* ([0-9]+) passed' target/test.log | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '([0-9]+) failed' target/test.log | awk '{s+=$1} END {print s+0}')

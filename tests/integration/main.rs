@@ -2,5 +2,6 @@
 
 mod basic;
 mod crash;
+mod dicom_samples;
 mod faults;
 mod model;
