@@ -232,32 +232,48 @@ impl<W: Fn(Tag) -> bool> ExplicitLeScanner<W> {
                 return Ok(Progress::NeedMore);
             }
         }
-        if self.pending.len() + chunk.len() > self.limits.buffered_bytes_max {
-            return Err(ScanError::Limit {
-                offset: self.pending_offset,
-                what: "bytes held while scanning",
-                value: (self.pending.len() + chunk.len()) as u64,
-                max: self.limits.buffered_bytes_max as u64,
-            });
+        if self.pending.is_empty() {
+            // Zero-copy: scan the caller's bytes in place; keep only an unfinished tail.
+            let (consumed, progress) = self.scan(chunk)?;
+            self.pending_offset += consumed as u64;
+            let rest = &chunk[consumed.min(chunk.len())..];
+            if progress == Progress::NeedMore && self.skip == 0 && !rest.is_empty() {
+                self.hold(rest)?;
+            }
+            return Ok(progress);
         }
-        self.pending.extend_from_slice(chunk);
-        let progress = self.scan_pending();
-        let consumed = match &progress {
-            Ok((consumed, _)) => *consumed,
-            Err(_) => 0,
-        };
-        self.pending.drain(..consumed);
+        self.hold(chunk)?;
+        let pending = std::mem::take(&mut self.pending);
+        let scanned = self.scan(&pending);
+        self.pending = pending;
+        let (consumed, progress) = scanned?;
+        self.pending.drain(..consumed.min(self.pending.len()));
         self.pending_offset += consumed as u64;
-        let (_, progress) = progress?;
         Ok(progress)
     }
 
-    /// Scans complete top-level elements of `pending`; returns bytes consumed.
-    fn scan_pending(&mut self) -> Result<(usize, Progress), ScanError> {
+    /// Keeps bytes that cannot be scanned yet, within the limit.
+    fn hold(&mut self, bytes: &[u8]) -> Result<(), ScanError> {
+        if self.pending.len() + bytes.len() > self.limits.buffered_bytes_max {
+            return Err(ScanError::Limit {
+                offset: self.pending_offset,
+                what: "bytes held while scanning",
+                value: (self.pending.len() + bytes.len()) as u64,
+                max: self.limits.buffered_bytes_max as u64,
+            });
+        }
+        self.pending.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    /// Scans complete top-level elements of `data` (which starts at stream offset
+    /// `pending_offset`); returns the bytes consumed. With `skip` set, all of `data` was
+    /// consumed and the rest of a value is still to come.
+    fn scan(&mut self, data: &[u8]) -> Result<(usize, Progress), ScanError> {
         let mut at = 0usize;
         loop {
             let offset = self.pending_offset + at as u64;
-            let b = &self.pending;
+            let b = data;
             let header = match read_header(b, at, offset)? {
                 Need::Have(h) => h,
                 Need::More => return Ok((at, Progress::NeedMore)),
@@ -296,7 +312,7 @@ impl<W: Fn(Tag) -> bool> ExplicitLeScanner<W> {
                         ),
                     });
                 }
-                match self.walk_sequence(value_at, 1)? {
+                match self.walk_sequence(data, value_at, 1)? {
                     Need::Have(end) => {
                         at = end;
                         continue;
@@ -314,36 +330,40 @@ impl<W: Fn(Tag) -> bool> ExplicitLeScanner<W> {
                         max: u64::from(self.limits.wanted_value_bytes_max),
                     });
                 }
-                if self.pending.len() < value_at + length {
+                if data.len() < value_at + length {
                     return Ok((at, Progress::NeedMore));
                 }
                 self.elements.push(Element {
                     tag: header.tag,
                     vr: header.vr,
                     value_offset: offset + header.header_len as u64,
-                    value: self.pending[value_at..value_at + length].to_vec(),
+                    value: data[value_at..value_at + length].to_vec(),
                 });
                 at = value_at + length;
                 continue;
             }
-            let available = self.pending.len() - value_at.min(self.pending.len());
+            let available = data.len() - value_at.min(data.len());
             if available >= length {
                 at = value_at + length;
                 continue;
             }
             // Skip the rest of this value as it streams past, holding nothing.
             self.skip = (length - available) as u64;
-            return Ok((self.pending.len(), Progress::NeedMore));
+            return Ok((data.len(), Progress::NeedMore));
         }
     }
 
     /// Walks an undefined-length sequence (or encapsulated data) whose first item starts at
     /// `at`; returns where it ends, or `More` if it is not all buffered yet.
-    fn walk_sequence(&self, mut at: usize, depth: usize) -> Result<Need<usize>, ScanError> {
+    fn walk_sequence(
+        &self,
+        b: &[u8],
+        mut at: usize,
+        depth: usize,
+    ) -> Result<Need<usize>, ScanError> {
         self.check_depth(at, depth)?;
         loop {
             let offset = self.pending_offset + at as u64;
-            let b = &self.pending;
             if b.len() < at + 8 {
                 return Ok(Need::More);
             }
@@ -352,7 +372,7 @@ impl<W: Fn(Tag) -> bool> ExplicitLeScanner<W> {
             at += 8;
             match tag {
                 Tag::SEQUENCE_DELIMITER => return Ok(Need::Have(at)),
-                Tag::ITEM if length == UNDEFINED => match self.walk_item(at, depth + 1)? {
+                Tag::ITEM if length == UNDEFINED => match self.walk_item(b, at, depth + 1)? {
                     Need::Have(end) => at = end,
                     Need::More => return Ok(Need::More),
                 },
@@ -373,11 +393,11 @@ impl<W: Fn(Tag) -> bool> ExplicitLeScanner<W> {
     }
 
     /// Walks the elements of an undefined-length item starting at `at`, up to its delimiter.
-    fn walk_item(&self, mut at: usize, depth: usize) -> Result<Need<usize>, ScanError> {
+    fn walk_item(&self, b: &[u8], mut at: usize, depth: usize) -> Result<Need<usize>, ScanError> {
         self.check_depth(at, depth)?;
         loop {
             let offset = self.pending_offset + at as u64;
-            let header = match read_header(&self.pending, at, offset)? {
+            let header = match read_header(b, at, offset)? {
                 Need::Have(h) => h,
                 Need::More => return Ok(Need::More),
             };
@@ -401,7 +421,7 @@ impl<W: Fn(Tag) -> bool> ExplicitLeScanner<W> {
                     }
                     // Nested sequences, and encapsulated pixel data of an icon: items up to a
                     // sequence delimiter either way.
-                    b"SQ" | b"OB" | b"OW" => match self.walk_sequence(at, depth + 1)? {
+                    b"SQ" | b"OB" | b"OW" => match self.walk_sequence(b, at, depth + 1)? {
                         Need::Have(end) => at = end,
                         Need::More => return Ok(Need::More),
                     },
@@ -418,7 +438,7 @@ impl<W: Fn(Tag) -> bool> ExplicitLeScanner<W> {
                 }
                 continue;
             }
-            if self.pending.len() < at + header.length as usize {
+            if b.len() < at + header.length as usize {
                 return Ok(Need::More);
             }
             at += header.length as usize;

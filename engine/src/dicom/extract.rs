@@ -134,6 +134,16 @@ impl Extractor {
     pub fn feed(&mut self, chunk: &[u8]) -> Result<Progress, ExtractError> {
         match &mut self.state {
             State::Body(body) => Ok(body.1.feed(chunk)?),
+            State::Meta(buf) if buf.is_empty() => {
+                // Zero-copy when the first chunk holds the whole file meta group.
+                match read_file_meta(chunk, self.meta_limits)? {
+                    Some(meta) => self.start_data_set(meta, chunk),
+                    None => {
+                        buf.extend_from_slice(chunk);
+                        Ok(Progress::NeedMore)
+                    }
+                }
+            }
             State::Meta(buf) => {
                 let meta_bytes_max = 132 + self.meta_limits.group_bytes_max as usize + 12;
                 let take = chunk
@@ -155,21 +165,27 @@ impl Extractor {
                         false => self.feed(rest),
                     };
                 };
-                if meta.transfer_syntax_uid != ts::EXPLICIT_VR_LE {
-                    return Err(ExtractError::NeedsGeneralPath(meta.transfer_syntax_uid));
+                let already = std::mem::take(buf);
+                let progress = self.start_data_set(meta, &already[..])?;
+                match (progress, rest.is_empty()) {
+                    (Progress::NeedMore, false) => self.feed(rest),
+                    _ => Ok(progress),
                 }
-                let start = meta.data_set_offset;
-                let already = buf[start as usize..].to_vec();
-                let mut scanner =
-                    ExplicitLeScanner::new(start, is_indexed as fn(Tag) -> bool, self.scan_limits);
-                let mut progress = scanner.feed(&already)?;
-                if progress == Progress::NeedMore && !rest.is_empty() {
-                    progress = scanner.feed(rest)?;
-                }
-                self.state = State::Body(Box::new((meta, scanner)));
-                Ok(progress)
             }
         }
+    }
+
+    /// Starts the fast path on the data set; `stream` holds the stream from its first byte.
+    fn start_data_set(&mut self, meta: FileMeta, stream: &[u8]) -> Result<Progress, ExtractError> {
+        if meta.transfer_syntax_uid != ts::EXPLICIT_VR_LE {
+            return Err(ExtractError::NeedsGeneralPath(meta.transfer_syntax_uid));
+        }
+        let start = meta.data_set_offset;
+        let mut scanner =
+            ExplicitLeScanner::new(start, is_indexed as fn(Tag) -> bool, self.scan_limits);
+        let progress = scanner.feed(&stream[start as usize..])?;
+        self.state = State::Body(Box::new((meta, scanner)));
+        Ok(progress)
     }
 
     /// Ends the stream (or stops after Pixel Data) and returns what was found.
