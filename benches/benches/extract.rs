@@ -99,7 +99,7 @@ fn generated_ct() -> Vec<u8> {
 fn ours(bytes: &[u8]) -> usize {
     let mut extractor = Extractor::new(MetaLimits::default(), ScanLimits::default());
     extractor.feed(bytes).expect("feed");
-    extractor.finish().expect("extract").attributes.len()
+    extractor.finish().expect("extract").data_set.elements.len()
 }
 
 fn theirs(bytes: &[u8]) -> usize {

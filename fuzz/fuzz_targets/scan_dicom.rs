@@ -39,11 +39,9 @@ fuzz_target!(|input: &[u8]| {
     if let Ok(scanned) = scanner.finish() {
         for element in &scanned.elements {
             let start = element.value_offset as usize;
-            assert!(element.value.len() <= limits.wanted_value_bytes_max as usize);
-            assert_eq!(
-                &data[start..start + element.value.len()],
-                &element.value[..]
-            );
+            let value = scanned.value(element);
+            assert!(value.len() <= limits.wanted_value_bytes_max as usize);
+            assert_eq!(&data[start..start + value.len()], value);
         }
         if let Some(pixel) = scanned.pixel_data {
             assert!(pixel.value_offset as usize <= data.len());

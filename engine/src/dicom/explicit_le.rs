@@ -37,14 +37,17 @@ impl Default for ScanLimits {
     }
 }
 
-/// A wanted attribute found at the top level of the data set.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A wanted attribute found at the top level of the data set. Its value lives in the scan's
+/// value arena ([`Scanned::value`]): one allocation for all values, not one each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Element {
     pub tag: Tag,
     pub vr: [u8; 2],
     /// Stream offset of the value's first byte.
     pub value_offset: u64,
-    pub value: Vec<u8>,
+    /// Where the value is in the arena.
+    pub arena_start: u32,
+    pub value_len: u32,
 }
 
 /// Where top-level Pixel Data starts.
@@ -91,7 +94,17 @@ pub enum Progress {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scanned {
     pub elements: Vec<Element>,
+    /// The values of `elements`, back to back.
+    pub arena: Vec<u8>,
     pub pixel_data: Option<PixelDataAt>,
+}
+
+impl Scanned {
+    /// The value bytes of `element`.
+    pub fn value(&self, element: &Element) -> &[u8] {
+        let start = element.arena_start as usize;
+        &self.arena[start..start + element.value_len as usize]
+    }
 }
 
 const UNDEFINED: u32 = u32::MAX;
@@ -195,6 +208,7 @@ pub struct ExplicitLeScanner<W: Fn(Tag) -> bool> {
     /// Bytes of an unwanted value still to be skipped before `pending` continues.
     skip: u64,
     elements: Vec<Element>,
+    arena: Vec<u8>,
     pixel_data: Option<PixelDataAt>,
 }
 
@@ -208,7 +222,8 @@ impl<W: Fn(Tag) -> bool> ExplicitLeScanner<W> {
             pending: Vec::new(),
             pending_offset: start_offset,
             skip: 0,
-            elements: Vec::new(),
+            elements: Vec::with_capacity(32),
+            arena: Vec::with_capacity(1024),
             pixel_data: None,
         }
     }
@@ -333,11 +348,15 @@ impl<W: Fn(Tag) -> bool> ExplicitLeScanner<W> {
                 if data.len() < value_at + length {
                     return Ok((at, Progress::NeedMore));
                 }
+                let arena_start = self.arena.len() as u32;
+                self.arena
+                    .extend_from_slice(&data[value_at..value_at + length]);
                 self.elements.push(Element {
                     tag: header.tag,
                     vr: header.vr,
                     value_offset: offset + header.header_len as u64,
-                    value: data[value_at..value_at + length].to_vec(),
+                    arena_start,
+                    value_len: header.length,
                 });
                 at = value_at + length;
                 continue;
@@ -474,6 +493,7 @@ impl<W: Fn(Tag) -> bool> ExplicitLeScanner<W> {
         }
         Ok(Scanned {
             elements: self.elements,
+            arena: self.arena,
             pixel_data: self.pixel_data,
         })
     }
@@ -569,9 +589,9 @@ mod tests {
         let (data, pixel_at) = sample();
         let (whole, _) = scan_in_chunks(&data, data.len()).expect("scan");
         assert_eq!(whole.elements.len(), 2);
-        assert_eq!(whole.elements[0].value, b"CT");
+        assert_eq!(whole.value(&whole.elements[0]), b"CT");
         assert_eq!(whole.elements[1].tag, PATIENT_ID);
-        assert_eq!(whole.elements[1].value, b"010203-123A ");
+        assert_eq!(whole.value(&whole.elements[1]), b"010203-123A ");
         let pixel = whole.pixel_data.expect("pixel data");
         assert_eq!(pixel.element_offset, 132 + pixel_at as u64);
         assert_eq!(pixel.length, None);

@@ -6,7 +6,7 @@
 //! meta group (bounded) plus what the fast path holds (bounded), never pixel data.
 
 use super::explicit_le::{
-    Element, ExplicitLeScanner, PixelDataAt, Progress, ScanError, ScanLimits,
+    ExplicitLeScanner, PixelDataAt, Progress, ScanError, ScanLimits, Scanned,
 };
 use super::meta::{read_file_meta, ts, FileMeta, MetaError, MetaLimits};
 use super::Tag;
@@ -63,18 +63,24 @@ pub enum ExtractError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Extracted {
     pub meta: FileMeta,
-    /// Indexed attributes found at the top level, raw values in stream order.
-    pub attributes: Vec<Element>,
-    pub pixel_data: Option<PixelDataAt>,
+    /// Indexed attributes found at the top level, in stream order, with their raw values.
+    pub data_set: Scanned,
 }
 
 impl Extracted {
     /// The raw value of `tag`, if present.
     pub fn raw(&self, tag: Tag) -> Option<&[u8]> {
-        self.attributes
+        let data_set = &self.data_set;
+        data_set
+            .elements
             .iter()
             .find(|e| e.tag == tag)
-            .map(|e| e.value.as_slice())
+            .map(|e| data_set.value(e))
+    }
+
+    /// Where top-level Pixel Data starts, if the object has it.
+    pub fn pixel_data(&self) -> Option<PixelDataAt> {
+        self.data_set.pixel_data
     }
 
     /// A text value without its padding (trailing spaces and NULs; leading spaces too for
@@ -204,11 +210,9 @@ impl Extractor {
                         self.scan_limits,
                     );
                     scanner.feed(&buf[start as usize..])?;
-                    let scanned = scanner.finish()?;
                     Ok(Extracted {
                         meta,
-                        attributes: scanned.elements,
-                        pixel_data: scanned.pixel_data,
+                        data_set: scanner.finish()?,
                     })
                 }
                 None => Err(MetaError::NotDicom(format!(
@@ -219,11 +223,9 @@ impl Extractor {
             },
             State::Body(body) => {
                 let (meta, scanner) = *body;
-                let scanned = scanner.finish()?;
                 Ok(Extracted {
                     meta,
-                    attributes: scanned.elements,
-                    pixel_data: scanned.pixel_data,
+                    data_set: scanner.finish()?,
                 })
             }
         }
@@ -327,7 +329,7 @@ mod tests {
             assert_eq!(found.int(Tag::new(0x0020, 0x0013)), Some(42));
             assert_eq!(found.u16(Tag::new(0x0028, 0x0010)), Some(512));
             assert_eq!(found.raw(Tag::new(0x0009, 0x0010)), None, "not indexed");
-            let pixel = found.pixel_data.expect("pixel data");
+            let pixel = found.pixel_data().expect("pixel data");
             assert_eq!(pixel.length, Some(2048));
             assert_eq!(pixel.value_offset as usize, stream.len() - 2048);
         }
