@@ -7,25 +7,15 @@ use criterion::{black_box, Criterion};
 use dicom_core::Tag as DTag;
 use dicom_object::file::ReadPreamble;
 use dicom_object::OpenFileOptions;
-use kuvasto_engine::dicom::explicit_le::ScanLimits;
+use kuvasto_engine::dicom::explicit_le::{encode_element, ScanLimits};
 use kuvasto_engine::dicom::extract::Extractor;
 use kuvasto_engine::dicom::meta::MetaLimits;
+use kuvasto_engine::dicom::Tag;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 fn el(group: u16, element: u16, vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&group.to_le_bytes());
-    out.extend_from_slice(&element.to_le_bytes());
-    out.extend_from_slice(vr);
-    if matches!(vr, b"OB" | b"OW" | b"SQ" | b"UN" | b"UT") {
-        out.extend_from_slice(&[0, 0]);
-        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-    } else {
-        out.extend_from_slice(&(value.len() as u16).to_le_bytes());
-    }
-    out.extend_from_slice(value);
-    out
+    encode_element(Tag::new(group, element), vr, value)
 }
 
 /// A CT-like Part-10 object: file meta, ~60 header attributes, 512×512×16-bit pixel data.

@@ -141,6 +141,23 @@ fn has_long_length(vr: [u8; 2]) -> bool {
     )
 }
 
+/// Encodes one element in Explicit VR Little Endian with a defined length (the inverse of
+/// what the scanner reads; used to build data sets in tests, benches and, later, records).
+pub fn encode_element(tag: Tag, vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12 + value.len());
+    out.extend_from_slice(&tag.group().to_le_bytes());
+    out.extend_from_slice(&tag.element().to_le_bytes());
+    out.extend_from_slice(vr);
+    if has_long_length(*vr) {
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    } else {
+        out.extend_from_slice(&(value.len() as u16).to_le_bytes());
+    }
+    out.extend_from_slice(value);
+    out
+}
+
 /// An element header: tag, VR, value length, header size.
 struct Header {
     tag: Tag,
@@ -503,20 +520,7 @@ impl<W: Fn(Tag) -> bool> ExplicitLeScanner<W> {
 mod tests {
     use super::*;
 
-    fn el(tag: Tag, vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend_from_slice(&tag.group().to_le_bytes());
-        out.extend_from_slice(&tag.element().to_le_bytes());
-        out.extend_from_slice(vr);
-        if has_long_length(*vr) {
-            out.extend_from_slice(&[0, 0]);
-            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-        } else {
-            out.extend_from_slice(&(value.len() as u16).to_le_bytes());
-        }
-        out.extend_from_slice(value);
-        out
-    }
+    use super::encode_element as el;
 
     fn undefined(tag: Tag, vr: &[u8; 2]) -> Vec<u8> {
         let mut out = Vec::new();

@@ -236,20 +236,7 @@ impl Extractor {
 mod tests {
     use super::*;
 
-    fn el(tag: Tag, vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend_from_slice(&tag.group().to_le_bytes());
-        out.extend_from_slice(&tag.element().to_le_bytes());
-        out.extend_from_slice(vr);
-        if matches!(vr, b"OB" | b"OW" | b"SQ" | b"UN" | b"UT") {
-            out.extend_from_slice(&[0, 0]);
-            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-        } else {
-            out.extend_from_slice(&(value.len() as u16).to_le_bytes());
-        }
-        out.extend_from_slice(value);
-        out
-    }
+    use crate::dicom::explicit_le::encode_element as el;
 
     fn part10(transfer_syntax: &[u8], data_set: &[u8]) -> Vec<u8> {
         let body = [

@@ -224,18 +224,11 @@ fn read_group(
 mod tests {
     use super::*;
 
+    use crate::dicom::explicit_le::encode_element;
+
+    /// A file meta element (group 0002).
     fn el(element: u16, vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
-        let mut out = vec![0x02, 0x00];
-        out.extend_from_slice(&element.to_le_bytes());
-        out.extend_from_slice(vr);
-        if vr == b"OB" {
-            out.extend_from_slice(&[0, 0]);
-            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-        } else {
-            out.extend_from_slice(&(value.len() as u16).to_le_bytes());
-        }
-        out.extend_from_slice(value);
-        out
+        encode_element(Tag::new(0x0002, element), vr, value)
     }
 
     fn group(with_length: bool) -> Vec<u8> {
