@@ -13,7 +13,7 @@ use std::cell::{Cell, RefCell};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
+use std::os::unix::io::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -313,7 +313,6 @@ impl StorageFile for UringFile {
             state: PendingState::Uring(UringPending {
                 buf: Some(buf),
                 fd,
-                write_fd: self.write_fd.try_clone().ok(),
                 offset,
                 pieces,
                 sync,
@@ -327,8 +326,8 @@ impl StorageFile for UringFile {
 /// An io_uring batch in flight on the current thread.
 pub(crate) struct UringPending {
     buf: Option<AlignedBuf>,
+    /// The file's write descriptor (borrowed: the file outlives the wait).
     fd: i32,
-    write_fd: Option<File>,
     offset: u64,
     pieces: Vec<(usize, usize)>,
     sync: bool,
@@ -380,10 +379,9 @@ impl UringPending {
         for (&(start, len), &done) in self.pieces.iter().zip(&written) {
             if done < len {
                 finished_late = true;
-                let file = self
-                    .write_fd
-                    .as_ref()
-                    .ok_or_else(|| io::Error::other("descriptor clone failed"))?;
+                // SAFETY: `fd` belongs to the file this batch was submitted on, which stays
+                // open until the batch is waited for; ManuallyDrop keeps it from being closed.
+                let file = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(self.fd) });
                 file.write_all_at(
                     &buf[start + done..start + len],
                     self.offset + (start + done) as u64,
