@@ -32,6 +32,14 @@ pub enum Error {
         offset: u64,
         reason: String,
     },
+    /// An index file failed a check. Index files are derived data: the catalog rebuilds them
+    /// from the segments.
+    #[error("corrupt index file {file} at offset {offset}: {reason}")]
+    IndexCorruption {
+        file: String,
+        offset: u64,
+        reason: String,
+    },
     /// The caller asked for something the engine does not allow.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -2,6 +2,7 @@
 
 mod basic;
 mod crash;
+mod dicom_general;
 mod dicom_samples;
 mod faults;
 mod model;

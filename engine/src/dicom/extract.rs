@@ -5,11 +5,15 @@
 //! (or the stream ends), [`Extractor::finish`] gives the indexed attributes. Memory: the file
 //! meta group (bounded) plus what the fast path holds (bounded), never pixel data.
 
+use super::charset::CharacterSets;
 use super::explicit_le::{
     ExplicitLeScanner, PixelDataAt, Progress, ScanError, ScanLimits, Scanned,
 };
+use super::general::{extract_general, looks_like_part10_without_meta};
 use super::meta::{read_file_meta, ts, FileMeta, MetaError, MetaLimits};
 use super::Tag;
+use crate::index::attrs::{tags, InstanceAttrs};
+use std::sync::Arc;
 
 /// Attributes the archive indexes (PS3.4 C.6 / PS3.18 required matching and return keys), and
 /// those a frame map needs.
@@ -36,16 +40,15 @@ pub const INDEXED: &[Tag] = &[
     Tag::new(0x0020, 0x0011), // SeriesNumber
     Tag::new(0x0020, 0x0013), // InstanceNumber
     Tag::new(0x0028, 0x0002), // SamplesPerPixel
+    Tag::new(0x0028, 0x0004), // PhotometricInterpretation
     Tag::new(0x0028, 0x0008), // NumberOfFrames
     Tag::new(0x0028, 0x0010), // Rows
     Tag::new(0x0028, 0x0011), // Columns
     Tag::new(0x0028, 0x0100), // BitsAllocated
     Tag::new(0x0040, 0x0244), // PerformedProcedureStepStartDate
+    Tag::new(0x7FE0, 0x0001), // ExtendedOffsetTable
+    Tag::new(0x7FE0, 0x0002), // ExtendedOffsetTableLengths
 ];
-
-fn is_indexed(tag: Tag) -> bool {
-    INDEXED.binary_search(&tag).is_ok()
-}
 
 /// Why extraction stopped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,15 +57,14 @@ pub enum ExtractError {
     Meta(#[from] MetaError),
     #[error(transparent)]
     Scan(#[from] ScanError),
-    /// The transfer syntax needs the general (dicom-parser) path, which is not built yet.
-    #[error("transfer syntax {0} is not handled by the fast path")]
-    NeedsGeneralPath(String),
 }
 
 /// What extraction found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Extracted {
     pub meta: FileMeta,
+    /// Which path read the data set.
+    pub path: ExtractPath,
     /// Indexed attributes found at the top level, in stream order, with their raw values.
     pub data_set: Scanned,
 }
@@ -83,19 +85,72 @@ impl Extracted {
         self.data_set.pixel_data
     }
 
-    /// A text value without its padding (trailing spaces and NULs; leading spaces too for
-    /// number strings). Character sets are not applied yet: bytes are read as UTF-8, lossily.
+    /// The data set's character sets ((0008,0005); the default repertoire when absent or
+    /// not understood — an unknown term must not make the object unreadable).
+    pub fn character_sets(&self) -> CharacterSets {
+        self.raw(tags::SPECIFIC_CHARACTER_SET)
+            .and_then(|raw| CharacterSets::parse(raw).ok())
+            .unwrap_or_default()
+    }
+
+    /// A text value decoded per Specific Character Set, without its padding (trailing spaces
+    /// and NULs, leading spaces).
     pub fn text(&self, tag: Tag) -> Option<String> {
-        let raw = self.raw(tag)?;
-        let end = raw
-            .iter()
-            .rposition(|&b| b != 0 && b != b' ')
-            .map_or(0, |i| i + 1);
+        self.text_with(&self.character_sets(), tag)
+    }
+
+    fn text_with(&self, charsets: &CharacterSets, tag: Tag) -> Option<String> {
+        let data_set = &self.data_set;
+        let element = data_set.elements.iter().find(|e| e.tag == tag)?;
+        let decoded = charsets.decode(element.vr, data_set.value(element));
         Some(
-            String::from_utf8_lossy(&raw[..end])
+            decoded
+                .trim_end_matches([' ', '\0'])
                 .trim_start()
                 .to_string(),
         )
+    }
+
+    /// The indexed attributes, decoded; `extra` are the configured extra attributes.
+    pub fn attrs(&self, extra: &[Tag]) -> InstanceAttrs {
+        let cs = self.character_sets();
+        let t = |tag| self.text_with(&cs, tag).unwrap_or_default();
+        let int = |tag| self.text_with(&cs, tag).and_then(|v| v.parse::<i32>().ok());
+        let mut extras: Vec<(Tag, String)> = extra
+            .iter()
+            .filter_map(|&tag| Some((tag, self.text_with(&cs, tag)?)))
+            .collect();
+        extras.sort_by_key(|(tag, _)| *tag);
+        InstanceAttrs {
+            patient_id: t(tags::PATIENT_ID),
+            issuer_of_patient_id: t(tags::ISSUER_OF_PATIENT_ID),
+            patient_name: t(tags::PATIENT_NAME),
+            patient_birth_date: t(tags::PATIENT_BIRTH_DATE),
+            patient_sex: t(tags::PATIENT_SEX),
+            study_instance_uid: t(tags::STUDY_INSTANCE_UID),
+            study_date: t(tags::STUDY_DATE),
+            study_time: t(tags::STUDY_TIME),
+            accession_number: t(tags::ACCESSION_NUMBER),
+            study_id: t(tags::STUDY_ID),
+            study_description: t(tags::STUDY_DESCRIPTION),
+            referring_physician_name: t(tags::REFERRING_PHYSICIAN_NAME),
+            modality: t(tags::MODALITY),
+            series_instance_uid: t(tags::SERIES_INSTANCE_UID),
+            series_number: int(tags::SERIES_NUMBER),
+            series_description: t(tags::SERIES_DESCRIPTION),
+            body_part_examined: t(tags::BODY_PART_EXAMINED),
+            performed_procedure_step_start_date: t(tags::PERFORMED_PROCEDURE_STEP_START_DATE),
+            sop_class_uid: t(tags::SOP_CLASS_UID),
+            sop_instance_uid: t(tags::SOP_INSTANCE_UID),
+            instance_number: int(tags::INSTANCE_NUMBER),
+            number_of_frames: self
+                .text_with(&cs, tags::NUMBER_OF_FRAMES)
+                .and_then(|v| v.parse().ok()),
+            rows: self.u16(tags::ROWS),
+            columns: self.u16(tags::COLUMNS),
+            transfer_syntax_uid: self.meta.transfer_syntax_uid.clone(),
+            extra: extras,
+        }
     }
 
     /// An unsigned short (US) value.
@@ -110,42 +165,139 @@ impl Extracted {
     }
 }
 
-/// The fast path over the indexed attributes.
-type IndexedScanner = ExplicitLeScanner<fn(Tag) -> bool>;
+/// Which tags to keep: the indexed ones plus configured extras, sorted.
+type Wanted = Box<dyn Fn(Tag) -> bool + Send + Sync>;
+
+fn wanted_tags(extra: &[Tag]) -> Arc<[Tag]> {
+    let mut tags: Vec<Tag> = INDEXED.iter().chain(extra).copied().collect();
+    tags.sort_unstable();
+    tags.dedup();
+    tags.into()
+}
+
+/// Which path read the data set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtractPath {
+    /// The zero-copy Explicit VR Little Endian scanner.
+    Fast,
+    /// dicom-parser (other transfer syntaxes, or a data set the fast path declined).
+    General {
+        /// Offsets refer to the inflated data set (deflated transfer syntaxes).
+        inflated: bool,
+        /// Declared explicit VR but encoded implicit; read as implicit.
+        encoding_mismatch: bool,
+    },
+}
+
+/// Transfer syntaxes whose data set is Explicit VR Little Endian (the native one and every
+/// encapsulated one), which the fast path reads; the rest go to dicom-parser.
+fn data_set_is_explicit_le(transfer_syntax_uid: &str) -> bool {
+    !matches!(
+        transfer_syntax_uid,
+        ts::IMPLICIT_VR_LE | ts::EXPLICIT_VR_BE | ts::DEFLATED_EXPLICIT_VR_LE | ts::JPIP_DEFLATE
+    )
+}
 
 enum State {
     /// Collecting the preamble and file meta group.
     Meta(Vec<u8>),
-    /// Scanning the data set.
-    Body(Box<(FileMeta, IndexedScanner)>),
+    /// Scanning the data set with the fast path, retaining a bounded copy of the bytes seen
+    /// so far so a decline can hand them to the general path.
+    Fast(Box<FastState>),
+    /// Buffering the data set for dicom-parser, which runs each time the buffer has doubled.
+    General(Box<GeneralState>),
+    /// The general path has found everything; further bytes are ignored.
+    Done(Box<(FileMeta, Scanned, ExtractPath)>),
 }
+
+struct FastState {
+    meta: FileMeta,
+    scanner: ExplicitLeScanner<Wanted>,
+    /// The data set's bytes so far, while they fit in `buffered_bytes_max`.
+    retained: Vec<u8>,
+    retained_complete: bool,
+}
+
+struct GeneralState {
+    meta: FileMeta,
+    buf: Vec<u8>,
+    next_attempt_bytes: usize,
+}
+
+/// First general-path attempt after this many data-set bytes; then after every doubling.
+const GENERAL_FIRST_ATTEMPT_BYTES: usize = 64 * 1024;
 
 /// See the module documentation.
 pub struct Extractor {
     state: State,
     meta_limits: MetaLimits,
     scan_limits: ScanLimits,
+    tags: Arc<[Tag]>,
 }
 
 impl Extractor {
+    /// An extractor for the indexed attributes.
     pub fn new(meta_limits: MetaLimits, scan_limits: ScanLimits) -> Self {
+        Self::with_extra(meta_limits, scan_limits, &[])
+    }
+
+    /// An extractor for the indexed attributes plus `extra` top-level attributes.
+    pub fn with_extra(meta_limits: MetaLimits, scan_limits: ScanLimits, extra: &[Tag]) -> Self {
         Extractor {
             state: State::Meta(Vec::new()),
             meta_limits,
             scan_limits,
+            tags: wanted_tags(extra),
         }
+    }
+
+    fn wanted(&self) -> Wanted {
+        let keep = self.tags.clone();
+        Box::new(move |t| keep.binary_search(&t).is_ok())
     }
 
     /// Feeds the next bytes; `Progress::PixelData` means nothing more is needed.
     pub fn feed(&mut self, chunk: &[u8]) -> Result<Progress, ExtractError> {
         match &mut self.state {
-            State::Body(body) => Ok(body.1.feed(chunk)?),
+            State::Done(done) => Ok(match done.1.pixel_data {
+                Some(at) => Progress::PixelData(at),
+                None => Progress::NeedMore,
+            }),
+            State::Fast(fast) => {
+                if fast.retained_complete {
+                    if fast.retained.len() + chunk.len() <= self.scan_limits.buffered_bytes_max {
+                        fast.retained.extend_from_slice(chunk);
+                    } else {
+                        fast.retained_complete = false;
+                        fast.retained = Vec::new();
+                    }
+                }
+                match fast.scanner.feed(chunk) {
+                    Err(ScanError::Decline { offset, reason }) => self.decline(offset, reason),
+                    other => Ok(other?),
+                }
+            }
+            State::General(general) => {
+                let room = self
+                    .scan_limits
+                    .buffered_bytes_max
+                    .saturating_sub(general.buf.len());
+                general
+                    .buf
+                    .extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if general.buf.len() < general.next_attempt_bytes && chunk.len() <= room {
+                    return Ok(Progress::NeedMore);
+                }
+                self.attempt_general(false)
+            }
             State::Meta(buf) if buf.is_empty() => {
                 // Zero-copy when the first chunk holds the whole file meta group.
-                match read_file_meta(chunk, self.meta_limits)? {
+                match self.read_meta(chunk)? {
                     Some(meta) => self.start_data_set(meta, chunk),
                     None => {
-                        buf.extend_from_slice(chunk);
+                        if let State::Meta(buf) = &mut self.state {
+                            buf.extend_from_slice(chunk);
+                        }
                         Ok(Progress::NeedMore)
                     }
                 }
@@ -157,21 +309,22 @@ impl Extractor {
                     .min(meta_bytes_max.saturating_sub(buf.len()).max(1));
                 buf.extend_from_slice(&chunk[..take.min(chunk.len())]);
                 let rest = &chunk[take.min(chunk.len())..];
-                let Some(meta) = read_file_meta(buf, self.meta_limits)? else {
-                    if buf.len() >= meta_bytes_max {
+                let already = std::mem::take(buf);
+                let Some(meta) = self.read_meta(&already)? else {
+                    if already.len() >= meta_bytes_max {
                         return Err(MetaError::Limit {
                             what: "bytes before the data set",
-                            value: buf.len() as u64,
+                            value: already.len() as u64,
                             max: meta_bytes_max as u64,
                         }
                         .into());
                     }
+                    self.state = State::Meta(already);
                     return match rest.is_empty() {
                         true => Ok(Progress::NeedMore),
                         false => self.feed(rest),
                     };
                 };
-                let already = std::mem::take(buf);
                 let progress = self.start_data_set(meta, &already[..])?;
                 match (progress, rest.is_empty()) {
                     (Progress::NeedMore, false) => self.feed(rest),
@@ -181,53 +334,178 @@ impl Extractor {
         }
     }
 
-    /// Starts the fast path on the data set; `stream` holds the stream from its first byte.
-    fn start_data_set(&mut self, meta: FileMeta, stream: &[u8]) -> Result<Progress, ExtractError> {
-        if meta.transfer_syntax_uid != ts::EXPLICIT_VR_LE {
-            return Err(ExtractError::NeedsGeneralPath(meta.transfer_syntax_uid));
+    /// Reads the file meta group; a stream with neither preamble nor meta group whose first
+    /// element header looks like a data set is taken as one (old tools write such files).
+    fn read_meta(&self, bytes: &[u8]) -> Result<Option<FileMeta>, ExtractError> {
+        match read_file_meta(bytes, self.meta_limits) {
+            Ok(meta) => Ok(meta),
+            Err(MetaError::NotDicom(reason)) => match looks_like_part10_without_meta(bytes) {
+                Some(uid) if bytes.len() >= 8 => Ok(Some(FileMeta {
+                    has_preamble: false,
+                    media_storage_sop_class_uid: String::new(),
+                    media_storage_sop_instance_uid: String::new(),
+                    transfer_syntax_uid: uid.to_string(),
+                    implementation_class_uid: None,
+                    implementation_version_name: None,
+                    source_application_entity_title: None,
+                    data_set_offset: 0,
+                })),
+                _ => Err(MetaError::NotDicom(reason).into()),
+            },
+            Err(e) => Err(e.into()),
         }
+    }
+
+    /// Starts on the data set; `stream` holds the stream from its first byte.
+    fn start_data_set(&mut self, meta: FileMeta, stream: &[u8]) -> Result<Progress, ExtractError> {
         let start = meta.data_set_offset;
-        let mut scanner =
-            ExplicitLeScanner::new(start, is_indexed as fn(Tag) -> bool, self.scan_limits);
-        let progress = scanner.feed(&stream[start as usize..])?;
-        self.state = State::Body(Box::new((meta, scanner)));
-        Ok(progress)
+        let body = &stream[start as usize..];
+        if !data_set_is_explicit_le(&meta.transfer_syntax_uid) {
+            self.state = State::General(Box::new(GeneralState {
+                meta,
+                buf: Vec::new(),
+                next_attempt_bytes: GENERAL_FIRST_ATTEMPT_BYTES,
+            }));
+            return self.feed(body);
+        }
+        let scanner = ExplicitLeScanner::new(start, self.wanted(), self.scan_limits);
+        self.state = State::Fast(Box::new(FastState {
+            meta,
+            scanner,
+            retained: Vec::new(),
+            retained_complete: true,
+        }));
+        self.feed(body)
+    }
+
+    /// The fast path declined: hand the retained bytes to the general path.
+    fn decline(&mut self, offset: u64, reason: String) -> Result<Progress, ExtractError> {
+        let State::Fast(fast) = std::mem::replace(&mut self.state, State::Meta(Vec::new())) else {
+            unreachable!("decline comes from the fast path");
+        };
+        if !fast.retained_complete {
+            return Err(ScanError::Decline {
+                offset,
+                reason: format!(
+                    "{reason}; the data set before it is over {} bytes, too long to re-read",
+                    self.scan_limits.buffered_bytes_max
+                ),
+            }
+            .into());
+        }
+        self.state = State::General(Box::new(GeneralState {
+            meta: fast.meta,
+            next_attempt_bytes: fast.retained.len(),
+            buf: fast.retained,
+        }));
+        self.attempt_general(false)
+    }
+
+    fn attempt_general(&mut self, at_end: bool) -> Result<Progress, ExtractError> {
+        let State::General(general) = &mut self.state else {
+            unreachable!("only called in the general state");
+        };
+        let wanted = {
+            let keep = self.tags.clone();
+            move |t: Tag| keep.binary_search(&t).is_ok()
+        };
+        let found = extract_general(
+            &general.meta.transfer_syntax_uid,
+            &general.buf,
+            general.meta.data_set_offset,
+            at_end,
+            &wanted,
+            &self.scan_limits,
+        )?;
+        match found {
+            None => {
+                general.next_attempt_bytes = general
+                    .buf
+                    .len()
+                    .saturating_mul(2)
+                    .max(GENERAL_FIRST_ATTEMPT_BYTES);
+                Ok(Progress::NeedMore)
+            }
+            Some(found) => {
+                let path = ExtractPath::General {
+                    inflated: found.inflated,
+                    encoding_mismatch: found.encoding_mismatch,
+                };
+                let meta = std::mem::take(&mut general.meta);
+                let progress = match found.scanned.pixel_data {
+                    Some(at) => Progress::PixelData(at),
+                    None => Progress::NeedMore,
+                };
+                self.state = State::Done(Box::new((meta, found.scanned, path)));
+                Ok(progress)
+            }
+        }
     }
 
     /// Ends the stream (or stops after Pixel Data) and returns what was found.
-    pub fn finish(self) -> Result<Extracted, ExtractError> {
-        match self.state {
-            State::Meta(buf) => match read_file_meta(&buf, self.meta_limits)? {
+    pub fn finish(mut self) -> Result<Extracted, ExtractError> {
+        if let State::Meta(buf) = &self.state {
+            let buf = buf.clone();
+            match self.read_meta(&buf)? {
                 Some(meta) => {
-                    // The stream ended right after the meta group: an empty data set.
-                    if meta.transfer_syntax_uid != ts::EXPLICIT_VR_LE {
-                        return Err(ExtractError::NeedsGeneralPath(meta.transfer_syntax_uid));
-                    }
-                    let start = meta.data_set_offset;
-                    let mut scanner = ExplicitLeScanner::new(
-                        start,
-                        is_indexed as fn(Tag) -> bool,
-                        self.scan_limits,
-                    );
-                    scanner.feed(&buf[start as usize..])?;
-                    Ok(Extracted {
-                        meta,
-                        data_set: scanner.finish()?,
-                    })
+                    // The stream ended in or right after the meta group.
+                    self.start_data_set(meta, &buf)?;
                 }
-                None => Err(MetaError::NotDicom(format!(
-                    "stream ended after {} bytes, inside the file meta information",
-                    buf.len()
-                ))
-                .into()),
-            },
-            State::Body(body) => {
-                let (meta, scanner) = *body;
+                None => {
+                    return Err(MetaError::NotDicom(format!(
+                        "stream ended after {} bytes, inside the file meta information",
+                        buf.len()
+                    ))
+                    .into())
+                }
+            }
+        }
+        if let State::General(_) = self.state {
+            self.attempt_general(true)?;
+        }
+        if let State::Fast(fast) = self.state {
+            let FastState {
+                meta,
+                scanner,
+                retained,
+                retained_complete,
+            } = *fast;
+            return match scanner.finish() {
+                Ok(data_set) => Ok(Extracted {
+                    meta,
+                    data_set,
+                    path: ExtractPath::Fast,
+                }),
+                Err(ScanError::Decline { offset, reason }) => {
+                    if !retained_complete {
+                        return Err(ScanError::Decline { offset, reason }.into());
+                    }
+                    let mut general = Extractor {
+                        state: State::General(Box::new(GeneralState {
+                            meta,
+                            next_attempt_bytes: usize::MAX,
+                            buf: retained,
+                        })),
+                        meta_limits: self.meta_limits,
+                        scan_limits: self.scan_limits,
+                        tags: self.tags.clone(),
+                    };
+                    general.attempt_general(true)?;
+                    general.finish()
+                }
+                Err(e) => Err(e.into()),
+            };
+        }
+        match self.state {
+            State::Done(done) => {
+                let (meta, data_set, path) = *done;
                 Ok(Extracted {
                     meta,
-                    data_set: scanner.finish()?,
+                    data_set,
+                    path,
                 })
             }
+            _ => unreachable!("every other state was handled above"),
         }
     }
 }
@@ -322,16 +600,74 @@ mod tests {
         }
     }
 
+    /// Re-encodes an explicit VR LE data set of defined-length elements as implicit VR LE.
+    fn to_implicit(explicit: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < explicit.len() {
+            let vr = [explicit[at + 4], explicit[at + 5]];
+            let long = matches!(&vr, b"OB" | b"OW" | b"SQ" | b"UN" | b"UT" | b"UC" | b"UR");
+            let (len, header) = if long {
+                let l = &explicit[at + 8..at + 12];
+                (u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize, 12)
+            } else {
+                (
+                    usize::from(u16::from_le_bytes([explicit[at + 6], explicit[at + 7]])),
+                    8,
+                )
+            };
+            out.extend_from_slice(&explicit[at..at + 4]);
+            out.extend_from_slice(&(len as u32).to_le_bytes());
+            out.extend_from_slice(&explicit[at + header..at + header + len]);
+            at += header + len;
+        }
+        out
+    }
+
+    fn values(found: &Extracted) -> Vec<(Tag, Vec<u8>)> {
+        found
+            .data_set
+            .elements
+            .iter()
+            .map(|e| (e.tag, found.data_set.value(e).to_vec()))
+            .collect()
+    }
+
     #[test]
-    fn other_transfer_syntaxes_are_handed_to_the_general_path() {
-        let stream = part10(b"1.2.840.10008.1.2\0", &ct_data_set());
-        let mut extractor = Extractor::new(MetaLimits::default(), ScanLimits::default());
+    fn implicit_vr_goes_through_the_general_path_and_agrees_with_the_fast_path() {
+        let explicit = part10(b"1.2.840.10008.1.2.1\0", &ct_data_set());
+        let implicit = part10(b"1.2.840.10008.1.2\0", &to_implicit(&ct_data_set()));
+        let run = |stream: &[u8], chunk: usize| {
+            let mut extractor = Extractor::new(MetaLimits::default(), ScanLimits::default());
+            for piece in stream.chunks(chunk) {
+                if let Progress::PixelData(_) = extractor.feed(piece).expect("feed") {
+                    break;
+                }
+            }
+            extractor.finish().expect("finish")
+        };
+        let fast = run(&explicit, 1 << 20);
+        assert_eq!(fast.path, ExtractPath::Fast);
+        for chunk in [1, 7, 100, 1 << 20] {
+            let general = run(&implicit, chunk);
+            assert!(matches!(general.path, ExtractPath::General { .. }));
+            assert_eq!(values(&general), values(&fast), "chunk {chunk}");
+            let pixel = general.pixel_data().expect("pixel data");
+            assert_eq!(pixel.length, Some(2048));
+            assert_eq!(pixel.value_offset as usize, implicit.len() - 2048);
+        }
+        // Declared explicit but encoded implicit: the fast path declines, the general path
+        // reads it and says so.
+        let lying = part10(b"1.2.840.10008.1.2.1\0", &to_implicit(&ct_data_set()));
+        let found = run(&lying, 64);
         assert_eq!(
-            extractor.feed(&stream),
-            Err(ExtractError::NeedsGeneralPath(
-                ts::IMPLICIT_VR_LE.to_string()
-            ))
+            found.path,
+            ExtractPath::General {
+                inflated: false,
+                encoding_mismatch: true
+            }
         );
+        assert_eq!(values(&found), values(&fast));
     }
 
     #[test]

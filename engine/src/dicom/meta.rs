@@ -10,6 +10,8 @@ pub mod ts {
     pub const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
     pub const DEFLATED_EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1.99";
     pub const EXPLICIT_VR_BE: &str = "1.2.840.10008.1.2.2";
+    /// JPIP Referenced Deflate: a deflated data set, like Deflated Explicit VR LE.
+    pub const JPIP_DEFLATE: &str = "1.2.840.10008.1.2.4.95";
 }
 
 /// Bounds on the file meta group.
@@ -31,7 +33,7 @@ impl Default for MetaLimits {
 }
 
 /// What the file meta group says.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FileMeta {
     /// Whether the 128-byte preamble and `DICM` were present.
     pub has_preamble: bool,

@@ -9,9 +9,13 @@
 //! Not yet wired into the store; the `dicom-parser` path for other transfer syntaxes, character
 //! sets, the indexed attribute set, frame maps and indices follow.
 
+pub mod charset;
 pub mod explicit_le;
 pub mod extract;
+pub mod frames;
+pub mod general;
 pub mod meta;
+pub mod metadata;
 
 /// A DICOM tag as `(group << 16) | element`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

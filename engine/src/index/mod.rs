@@ -4,6 +4,11 @@
 //! of the unsealed tail. The memory-mapped, per-segment index files that replace it for
 //! 10 M+ instances are the next engine issue; the interface stays the same.
 
+pub mod attrs;
+pub mod catalog;
+pub mod matching;
+pub mod run;
+
 use crate::segment::format::{DirEntry, Namespace, RecordKind};
 use std::collections::HashMap;
 

@@ -1,0 +1,1408 @@
+//! The catalog: every indexed instance, searchable at patient, study, series and instance
+//! level.
+//!
+//! It is a small LSM: a mutable in-memory part ([`MemPart`]) for instances written since the
+//! last run, and immutable, memory-mapped [`Run`]s (oldest first). [`Catalog::freeze`] writes
+//! the in-memory part as a new run; [`Catalog::merge`] replaces runs by one. Newer sources win:
+//! the newest source holding a study (series, instance) gives its attributes, and an instance
+//! that was deleted or replaced is a *removal* — kept in memory as the `dead` map (loaded from
+//! the runs at open, a few entries per delete) so liveness costs one hash lookup.
+//!
+//! Queries ([`Catalog::query`]) choose candidates per source through the best secondary key
+//! (UID, PatientID, AccessionNumber, StudyDate range, Modality, or a scan), evaluate every
+//! filter against the source's attributes with the PS3.4 matching rules ([`super::matching`]),
+//! drop candidates a newer source shadows, and stop once `offset + limit` hits are found.
+
+use super::attrs::{tags, InstanceAttrs, InstanceLocation, Level};
+use super::matching::Matcher;
+use super::run::{key_hash, Removal, Run, RunBuilder, RunCounts, Section, SeriesRow, StudyRow};
+use crate::dicom::Tag;
+use crate::error::{Error, Result};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// File name of run number `id`.
+pub fn run_file_name(id: u64) -> String {
+    format!("run-{id:016x}.kvi")
+}
+
+fn parse_run_file_name(name: &str) -> Option<u64> {
+    let hex = name.strip_prefix("run-")?.strip_suffix(".kvi")?;
+    (hex.len() == 16).then(|| u64::from_str_radix(hex, 16).ok())?
+}
+
+/// One instance in the in-memory part.
+#[derive(Debug, Clone)]
+pub struct MemInstance {
+    pub attrs: InstanceAttrs,
+    pub location: InstanceLocation,
+    pub seq: u64,
+}
+
+/// Instances written since the last run, and removals not yet in a run.
+#[derive(Debug, Default)]
+pub struct MemPart {
+    instances: BTreeMap<String, MemInstance>,
+    removals: Vec<Removal>,
+}
+
+impl MemPart {
+    pub fn len(&self) -> usize {
+        self.instances.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.instances.is_empty() && self.removals.is_empty()
+    }
+}
+
+/// What is dead: SOP Instance UID → (seq, study UID, series UID). Rows with a lower seq are
+/// dead.
+#[derive(Debug, Default, Clone)]
+struct Dead {
+    by_sop: HashMap<String, u64>,
+    by_study: HashMap<String, u32>,
+    by_series: HashMap<String, u32>,
+}
+
+impl Dead {
+    fn add(&mut self, r: &Removal) {
+        let seq = self.by_sop.entry(r.sop_instance_uid.clone()).or_insert(0);
+        if *seq == 0 {
+            *self
+                .by_study
+                .entry(r.study_instance_uid.clone())
+                .or_insert(0) += 1;
+            *self
+                .by_series
+                .entry(r.series_instance_uid.clone())
+                .or_insert(0) += 1;
+        }
+        *seq = (*seq).max(r.seq);
+    }
+
+    fn is_dead(&self, sop: &str, seq: u64) -> bool {
+        self.by_sop.get(sop).is_some_and(|&dead| seq < dead)
+    }
+}
+
+/// A query (see the module documentation). Filters are ANDed.
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub level: Level,
+    pub filters: Vec<(Tag, Matcher)>,
+    pub offset: usize,
+    /// At most this many hits (after `offset`); `None` is the catalog's `query_hits_max`.
+    pub limit: Option<usize>,
+}
+
+/// A study hit: patient- and study-level attributes plus the derived ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StudyHit {
+    pub attrs: InstanceAttrs,
+    pub modalities_in_study: String,
+    pub series_count: u32,
+    pub instance_count: u32,
+}
+
+/// A series hit: patient-, study- and series-level attributes, plus the instance count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesHit {
+    pub attrs: InstanceAttrs,
+    pub instance_count: u32,
+}
+
+/// An instance hit: every indexed attribute and where the object is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceHit {
+    pub attrs: InstanceAttrs,
+    pub location: InstanceLocation,
+    pub seq: u64,
+}
+
+/// A patient hit (patient root queries): patient-level attributes and related counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatientHit {
+    pub attrs: InstanceAttrs,
+    pub study_count: u32,
+    pub series_count: u32,
+    pub instance_count: u32,
+}
+
+/// Query results, at the query's level.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hits {
+    Patients(Vec<PatientHit>),
+    Studies(Vec<StudyHit>),
+    Series(Vec<SeriesHit>),
+    Instances(Vec<InstanceHit>),
+}
+
+impl Hits {
+    pub fn len(&self) -> usize {
+        match self {
+            Hits::Patients(h) => h.len(),
+            Hits::Studies(h) => h.len(),
+            Hits::Series(h) => h.len(),
+            Hits::Instances(h) => h.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Limits of the catalog.
+#[derive(Debug, Clone, Copy)]
+pub struct CatalogLimits {
+    /// Most hits one query returns (a larger `limit` is capped; protocol layers page).
+    pub query_hits_max: usize,
+    /// Most runs before [`Catalog::maybe_merge`] merges them.
+    pub runs_max: usize,
+}
+
+impl Default for CatalogLimits {
+    fn default() -> Self {
+        CatalogLimits {
+            query_hits_max: 10_000,
+            runs_max: 8,
+        }
+    }
+}
+
+/// A source of indexed instances, newest first in queries.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Mem(&'a MemPart),
+    Run(&'a Run),
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct Catalog {
+    dir: PathBuf,
+    limits: CatalogLimits,
+    state: RwLock<State>,
+    /// Serialises freezes and merges.
+    maintenance: Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// (run id, run), oldest first.
+    runs: Vec<(u64, Arc<Run>)>,
+    mem: MemPart,
+    dead: Dead,
+    next_run_id: u64,
+}
+
+/// What opening found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CatalogOpenReport {
+    pub runs_mapped: usize,
+    /// Run files that failed their checks and were set aside (renamed `*.bad`) for a rebuild.
+    pub runs_rejected: Vec<(String, String)>,
+    pub temp_files_removed: usize,
+}
+
+impl Catalog {
+    /// Maps the runs in `dir` (created if missing). Runs failing their header checks are
+    /// renamed `*.bad` and reported: the caller rebuilds what they held from the segments.
+    pub fn open(dir: &Path, limits: CatalogLimits) -> Result<(Catalog, CatalogOpenReport)> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io("create index directory", dir.display().to_string(), e))?;
+        let mut report = CatalogOpenReport::default();
+        let mut ids = Vec::new();
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| Error::io("list index directory", dir.display().to_string(), e))?;
+        for entry in entries {
+            let entry = entry
+                .map_err(|e| Error::io("list index directory", dir.display().to_string(), e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".kvi.tmp") {
+                let _ = std::fs::remove_file(entry.path());
+                report.temp_files_removed += 1;
+            } else if let Some(id) = parse_run_file_name(&name) {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        let mut state = State {
+            next_run_id: ids.last().map_or(1, |id| id + 1),
+            ..State::default()
+        };
+        for id in ids {
+            let path = dir.join(run_file_name(id));
+            match Run::open(&path).and_then(|run| Ok((run.removals()?, run))) {
+                Ok((removals, run)) => {
+                    for r in &removals {
+                        state.dead.add(r);
+                    }
+                    state.runs.push((id, Arc::new(run)));
+                }
+                Err(e) => {
+                    let bad = path.with_extension("kvi.bad");
+                    let _ = std::fs::rename(&path, &bad);
+                    report
+                        .runs_rejected
+                        .push((path.display().to_string(), e.to_string()));
+                }
+            }
+        }
+        report.runs_mapped = state.runs.len();
+        Ok((
+            Catalog {
+                dir: dir.to_path_buf(),
+                limits,
+                state: RwLock::new(state),
+                maintenance: Mutex::new(()),
+            },
+            report,
+        ))
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The highest seq any run covers: records above it must be re-added after a reopen.
+    pub fn runs_seq_max(&self) -> u64 {
+        self.read()
+            .runs
+            .iter()
+            .map(|(_, r)| r.seq_max())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Counts per run, oldest first.
+    pub fn run_counts(&self) -> Vec<RunCounts> {
+        self.read().runs.iter().map(|(_, r)| r.counts()).collect()
+    }
+
+    pub fn mem_len(&self) -> usize {
+        self.read().mem.len()
+    }
+
+    /// Verifies every byte of every run.
+    pub fn verify(&self) -> Result<()> {
+        let runs: Vec<_> = self.read().runs.iter().map(|(_, r)| r.clone()).collect();
+        runs.iter().try_for_each(|r| r.verify_all())
+    }
+
+    /// Adds (or replaces) an instance. A replaced instance in a run becomes a removal.
+    pub fn insert(&self, attrs: InstanceAttrs, location: InstanceLocation, seq: u64) -> Result<()> {
+        let mut state = self.write();
+        let state = &mut *state;
+        let sop = attrs.sop_instance_uid.clone();
+        if let Some(existing) = state.mem.instances.get(&sop) {
+            if existing.seq >= seq {
+                return Ok(());
+            }
+        }
+        // An older copy in a run (of any study) is dead from now on.
+        for (_, run) in state.runs.iter().rev() {
+            if let Some(row) = run.find_instance(&sop)? {
+                if row.seq < seq && !state.dead.is_dead(&sop, row.seq) {
+                    let old = run.full_attrs(&row)?;
+                    let removal = Removal {
+                        sop_instance_uid: sop.clone(),
+                        study_instance_uid: old.study_instance_uid,
+                        series_instance_uid: old.series_instance_uid,
+                        seq,
+                    };
+                    state.dead.add(&removal);
+                    state.mem.removals.push(removal);
+                }
+                break;
+            }
+        }
+        state.mem.instances.insert(
+            sop,
+            MemInstance {
+                attrs,
+                location,
+                seq,
+            },
+        );
+        Ok(())
+    }
+
+    /// Removes an instance (deleted at `seq`). Returns whether it was indexed.
+    pub fn remove(&self, sop_instance_uid: &str, seq: u64) -> Result<bool> {
+        let mut state = self.write();
+        let state = &mut *state;
+        let mut found: Option<(String, String)> = None;
+        if let Some(m) = state.mem.instances.get(sop_instance_uid) {
+            if m.seq < seq {
+                found = Some((
+                    m.attrs.study_instance_uid.clone(),
+                    m.attrs.series_instance_uid.clone(),
+                ));
+                state.mem.instances.remove(sop_instance_uid);
+            }
+        }
+        for (_, run) in state.runs.iter().rev() {
+            if let Some(row) = run.find_instance(sop_instance_uid)? {
+                if row.seq < seq && !state.dead.is_dead(sop_instance_uid, row.seq) {
+                    let old = run.full_attrs(&row)?;
+                    found.get_or_insert((old.study_instance_uid, old.series_instance_uid));
+                }
+                break;
+            }
+        }
+        let Some((study, series)) = found else {
+            return Ok(false);
+        };
+        let removal = Removal {
+            sop_instance_uid: sop_instance_uid.to_string(),
+            study_instance_uid: study,
+            series_instance_uid: series,
+            seq,
+        };
+        state.dead.add(&removal);
+        state.mem.removals.push(removal);
+        Ok(true)
+    }
+
+    /// Writes the in-memory part as a new run (nothing when it is empty).
+    pub fn freeze(&self) -> Result<Option<RunCounts>> {
+        let _maintenance = self.maintenance.lock().unwrap_or_else(|p| p.into_inner());
+        // Build outside the write lock's critical path would need a second snapshot; the
+        // in-memory part is small (one segment's instances), so building under the lock is
+        // bounded and keeps readers consistent.
+        let mut state = self.write();
+        if state.mem.is_empty() {
+            return Ok(None);
+        }
+        let mut builder = RunBuilder::new();
+        for m in state.mem.instances.values() {
+            builder.add(&m.attrs, m.location, m.seq)?;
+        }
+        for r in &state.mem.removals {
+            builder.remove(r)?;
+        }
+        let id = state.next_run_id;
+        let path = self.dir.join(run_file_name(id));
+        let counts = builder.write(&path)?;
+        let run = Run::open(&path)?;
+        state.runs.push((id, Arc::new(run)));
+        state.next_run_id = id + 1;
+        state.mem = MemPart::default();
+        Ok(Some(counts))
+    }
+
+    /// Keeps the number of runs logarithmic: while the second-newest run is at most twice
+    /// the size of the newest, merges the two (a binary counter, so every instance is
+    /// rewritten O(log n) times), and merges everything when more than `runs_max` remain.
+    pub fn maybe_merge(&self) -> Result<usize> {
+        let mut merges = 0;
+        loop {
+            let (len, pair) = {
+                let state = self.read();
+                let n = state.runs.len();
+                let pair = n >= 2 && {
+                    let older = state.runs[n - 2].1.counts().instances;
+                    let newer = state.runs[n - 1].1.counts().instances;
+                    older <= newer.saturating_mul(2)
+                };
+                (n, pair)
+            };
+            if pair {
+                self.merge_newest(2)?;
+            } else if len > self.limits.runs_max {
+                self.merge_newest(len)?;
+            } else {
+                return Ok(merges);
+            }
+            merges += 1;
+        }
+    }
+
+    /// Merges every run into one.
+    pub fn merge(&self) -> Result<RunCounts> {
+        let n = self.read().runs.len();
+        self.merge_newest(n)
+    }
+
+    /// Merges the newest `k` runs into one. Dead rows are dropped; removals are carried into
+    /// the merged run unless it includes the oldest run (then no older row is left for them
+    /// to hide). Queries keep using the old runs until the switch.
+    pub fn merge_newest(&self, k: usize) -> Result<RunCounts> {
+        // No freeze in between: the merged runs stay the newest, so the merged run's id
+        // (the next one) keeps the order of sources on disk.
+        let _maintenance = self.maintenance.lock().unwrap_or_else(|p| p.into_inner());
+        let (runs, dead, id, includes_oldest) = {
+            let mut state = self.write();
+            let id = state.next_run_id;
+            state.next_run_id += 1;
+            let n = state.runs.len();
+            let k = k.min(n);
+            (state.runs[n - k..].to_vec(), state.dead.clone(), id, k == n)
+        };
+        let mut builder = RunBuilder::new();
+        for (_, run) in &runs {
+            for row in 0..run.counts().instances {
+                let instance = run.instance(row)?;
+                let sop = run.sop_uid(&instance)?;
+                if dead.is_dead(sop, instance.seq) {
+                    continue;
+                }
+                let attrs = run.full_attrs(&instance)?;
+                builder.add(&attrs, instance.location, instance.seq)?;
+            }
+            if !includes_oldest {
+                for r in run.removals()? {
+                    builder.remove(&r)?;
+                }
+            }
+        }
+        let path = self.dir.join(run_file_name(id));
+        let counts = builder.write(&path)?;
+        let merged = Arc::new(Run::open(&path)?);
+        let mut state = self.write();
+        let merged_ids: HashSet<u64> = runs.iter().map(|(id, _)| *id).collect();
+        state.runs.retain(|(id, _)| !merged_ids.contains(id));
+        state.runs.push((id, merged));
+        let mut dead = Dead::default();
+        for (_, run) in &state.runs {
+            for r in run.removals()? {
+                dead.add(&r);
+            }
+        }
+        for r in &state.mem.removals {
+            dead.add(r);
+        }
+        state.dead = dead;
+        drop(state);
+        for (old, _) in runs {
+            let _ = std::fs::remove_file(self.dir.join(run_file_name(old)));
+        }
+        sync_dir(&self.dir)?;
+        Ok(counts)
+    }
+
+    /// Answers a query (see the module documentation).
+    pub fn query(&self, query: &Query) -> Result<Hits> {
+        let state = self.read();
+        let sources: Vec<Source<'_>> = std::iter::once(Source::Mem(&state.mem))
+            .chain(state.runs.iter().rev().map(|(_, r)| Source::Run(r)))
+            .collect();
+        let want = query.offset.saturating_add(
+            query
+                .limit
+                .unwrap_or(self.limits.query_hits_max)
+                .min(self.limits.query_hits_max),
+        );
+        let exec = Exec {
+            sources: &sources,
+            dead: &state.dead,
+            query,
+            want,
+        };
+        let mut hits = match query.level {
+            Level::Study => Hits::Studies(exec.studies()?),
+            Level::Series => Hits::Series(exec.series()?),
+            Level::Instance => Hits::Instances(exec.instances()?),
+            Level::Patient => Hits::Patients(exec.patients()?),
+        };
+        let skip = query.offset;
+        match &mut hits {
+            Hits::Patients(h) => drop(h.drain(..skip.min(h.len()))),
+            Hits::Studies(h) => drop(h.drain(..skip.min(h.len()))),
+            Hits::Series(h) => drop(h.drain(..skip.min(h.len()))),
+            Hits::Instances(h) => drop(h.drain(..skip.min(h.len()))),
+        }
+        Ok(hits)
+    }
+
+    /// The newest live copy of an instance.
+    pub fn instance(&self, sop_instance_uid: &str) -> Result<Option<InstanceHit>> {
+        let state = self.read();
+        if let Some(m) = state.mem.instances.get(sop_instance_uid) {
+            return Ok(Some(InstanceHit {
+                attrs: m.attrs.clone(),
+                location: m.location,
+                seq: m.seq,
+            }));
+        }
+        for (_, run) in state.runs.iter().rev() {
+            if let Some(row) = run.find_instance(sop_instance_uid)? {
+                if state.dead.is_dead(sop_instance_uid, row.seq) {
+                    return Ok(None);
+                }
+                return Ok(Some(InstanceHit {
+                    attrs: run.full_attrs(&row)?,
+                    location: row.location,
+                    seq: row.seq,
+                }));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// One query's execution over a snapshot of the sources.
+struct Exec<'a> {
+    sources: &'a [Source<'a>],
+    dead: &'a Dead,
+    query: &'a Query,
+    want: usize,
+}
+
+/// Exact values a filter on `tag` accepts, if it is a finite set.
+fn exact(query: &Query, tag: Tag) -> Option<Vec<&str>> {
+    query
+        .filters
+        .iter()
+        .find(|(t, _)| *t == tag)
+        .and_then(|(_, m)| m.exact_values())
+}
+
+impl Exec<'_> {
+    fn matcher_accepts(&self, tag: Tag, value: &str) -> bool {
+        self.query
+            .filters
+            .iter()
+            .filter(|(t, _)| *t == tag)
+            .all(|(_, m)| m.matches(value))
+    }
+
+    /// Whether `attrs` satisfy every filter of the given levels (derived attributes excluded).
+    fn accepts(&self, attrs: &InstanceAttrs, levels: &[Level]) -> bool {
+        self.query.filters.iter().all(|(tag, m)| {
+            match InstanceAttrs::level_of(*tag) {
+                Some(level) if levels.contains(&level) => match attrs.text(*tag) {
+                    Some(v) => m.matches(&v),
+                    None => true, // derived (counts, ModalitiesInStudy): checked elsewhere
+                },
+                Some(_) => true,
+                None => match attrs.text(*tag) {
+                    Some(v) => m.matches(&v),
+                    // Not indexed: only universal or empty matching can be honoured.
+                    None => m.matches(""),
+                },
+            }
+        })
+    }
+
+    fn combined_date_time_ok(&self, attrs: &InstanceAttrs) -> bool {
+        let date = self
+            .query
+            .filters
+            .iter()
+            .find(|(t, _)| *t == tags::STUDY_DATE);
+        let time = self
+            .query
+            .filters
+            .iter()
+            .find(|(t, _)| *t == tags::STUDY_TIME);
+        match (date, time) {
+            (Some((_, d)), Some((_, t))) => match super::matching::combined_date_time(d, t) {
+                Some(c) => c.matches(&attrs.study_date, &attrs.study_time),
+                None => true,
+            },
+            _ => true,
+        }
+    }
+
+    /// Index of the newest source (lower is newer) holding study `uid`.
+    fn newest_with_study(&self, uid: &str) -> Result<Option<usize>> {
+        for (i, s) in self.sources.iter().enumerate() {
+            let has = match s {
+                Source::Mem(m) => m
+                    .instances
+                    .values()
+                    .any(|x| x.attrs.study_instance_uid == uid),
+                Source::Run(r) => r.find_study(uid)?.is_some(),
+            };
+            if has {
+                return Ok(Some(i));
+            }
+        }
+        Ok(None)
+    }
+
+    fn newest_with_series(&self, uid: &str) -> Result<Option<usize>> {
+        for (i, s) in self.sources.iter().enumerate() {
+            let has = match s {
+                Source::Mem(m) => m
+                    .instances
+                    .values()
+                    .any(|x| x.attrs.series_instance_uid == uid),
+                Source::Run(r) => r.find_series(uid)?.is_some(),
+            };
+            if has {
+                return Ok(Some(i));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Candidate study rows of a run for the query's study-level keys.
+    fn study_candidates(&self, run: &Run) -> Result<Vec<u32>> {
+        if let Some(uids) = exact(self.query, tags::STUDY_INSTANCE_UID) {
+            let mut rows = Vec::new();
+            for uid in uids {
+                if let Some(s) = run.find_study(uid)? {
+                    rows.push(s.row);
+                }
+            }
+            return Ok(rows);
+        }
+        let keyed = [
+            (tags::ACCESSION_NUMBER, Section::KeyAccession),
+            (tags::PATIENT_ID, Section::KeyPatientId),
+            (tags::MODALITIES_IN_STUDY, Section::KeyModality),
+        ];
+        for (tag, section) in keyed {
+            if let Some(values) = exact(self.query, tag) {
+                let mut rows = Vec::new();
+                for v in values {
+                    rows.extend(run.rows_with(section, key_hash(v))?);
+                }
+                rows.sort_unstable();
+                rows.dedup();
+                return Ok(rows);
+            }
+        }
+        if let Some((_, m)) = self
+            .query
+            .filters
+            .iter()
+            .find(|(t, _)| *t == tags::STUDY_DATE)
+        {
+            if let Some((lo, hi)) = m.date_range() {
+                let mut rows =
+                    run.rows_in_range(Section::KeyStudyDate, u64::from(lo), u64::from(hi))?;
+                rows.sort_unstable();
+                return Ok(rows);
+            }
+        }
+        Ok((0..run.counts().studies).collect())
+    }
+
+    /// Aggregates of a study over every source: (modalities, series, instances).
+    fn study_aggregate(&self, uid: &str) -> Result<(String, u32, u32)> {
+        let mut holders = Vec::new();
+        for s in self.sources {
+            let has = match s {
+                Source::Mem(m) => m
+                    .instances
+                    .values()
+                    .any(|x| x.attrs.study_instance_uid == uid),
+                Source::Run(r) => r.find_study(uid)?.is_some(),
+            };
+            if has {
+                holders.push(*s);
+            }
+        }
+        // Fast path: one run holds the whole study and nothing in it died.
+        if let ([Source::Run(r)], false) = (&holders[..], self.dead.by_study.contains_key(uid)) {
+            if let Some(study) = r.find_study(uid)? {
+                return Ok((
+                    r.study_modalities(&study)?.to_string(),
+                    study.series_count,
+                    study.instance_count,
+                ));
+            }
+        }
+        // General case: walk the members, newest copy of each instance wins, dead ones out.
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut series: HashSet<String> = HashSet::new();
+        let mut modalities: HashSet<String> = HashSet::new();
+        for s in &holders {
+            match s {
+                Source::Mem(m) => {
+                    for x in m
+                        .instances
+                        .values()
+                        .filter(|x| x.attrs.study_instance_uid == uid)
+                    {
+                        if seen.insert(x.attrs.sop_instance_uid.clone()) {
+                            series.insert(x.attrs.series_instance_uid.clone());
+                            if !x.attrs.modality.is_empty() {
+                                modalities.insert(x.attrs.modality.clone());
+                            }
+                        }
+                    }
+                }
+                Source::Run(r) => {
+                    let Some(study) = r.find_study(uid)? else {
+                        continue;
+                    };
+                    for srow in study.first_series..study.first_series + study.series_count {
+                        let se = r.series(srow)?;
+                        for irow in se.first_instance..se.first_instance + se.instance_count {
+                            let inst = r.instance(irow)?;
+                            let sop = r.sop_uid(&inst)?;
+                            if self.dead.is_dead(sop, inst.seq) || seen.contains(sop) {
+                                continue;
+                            }
+                            seen.insert(sop.to_string());
+                            series.insert(r.series_uid(&se)?.to_string());
+                            let m = r.series_modality(&se)?;
+                            if !m.is_empty() {
+                                modalities.insert(m.to_string());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let mut modalities: Vec<String> = modalities.into_iter().collect();
+        modalities.sort_unstable();
+        Ok((
+            modalities.join("\\"),
+            series.len() as u32,
+            seen.len() as u32,
+        ))
+    }
+
+    fn study_hit(&self, attrs: InstanceAttrs) -> Result<Option<StudyHit>> {
+        let (modalities, series_count, instance_count) =
+            self.study_aggregate(&attrs.study_instance_uid)?;
+        if instance_count == 0 {
+            return Ok(None);
+        }
+        if !self.matcher_accepts(tags::MODALITIES_IN_STUDY, &modalities) {
+            return Ok(None);
+        }
+        Ok(Some(StudyHit {
+            attrs,
+            modalities_in_study: modalities,
+            series_count,
+            instance_count,
+        }))
+    }
+
+    fn studies(&self) -> Result<Vec<StudyHit>> {
+        let levels = [Level::Patient, Level::Study];
+        let mut out = Vec::new();
+        let mut done: HashSet<String> = HashSet::new();
+        for (i, source) in self.sources.iter().enumerate() {
+            let mut candidates: Vec<InstanceAttrs> = Vec::new();
+            match source {
+                Source::Mem(m) => {
+                    let mut by_study: BTreeMap<&str, &MemInstance> = BTreeMap::new();
+                    for x in m.instances.values() {
+                        let e = by_study.entry(&x.attrs.study_instance_uid).or_insert(x);
+                        if x.seq > e.seq {
+                            *e = x;
+                        }
+                    }
+                    for x in by_study.values() {
+                        candidates.push(study_level(&x.attrs));
+                    }
+                }
+                Source::Run(r) => {
+                    for row in self.study_candidates(r)? {
+                        let study = r.study(row)?;
+                        let mut attrs = InstanceAttrs::default();
+                        r.study_attrs(&study, &mut attrs)?;
+                        candidates.push(attrs);
+                    }
+                }
+            }
+            for attrs in candidates {
+                if out.len() >= self.want {
+                    return Ok(out);
+                }
+                if done.contains(&attrs.study_instance_uid) {
+                    continue;
+                }
+                if self.newest_with_study(&attrs.study_instance_uid)? != Some(i) {
+                    continue; // a newer source holds this study and speaks for it
+                }
+                done.insert(attrs.study_instance_uid.clone());
+                if !self.accepts(&attrs, &levels) || !self.combined_date_time_ok(&attrs) {
+                    continue;
+                }
+                if let Some(hit) = self.study_hit(attrs)? {
+                    out.push(hit);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn patients(&self) -> Result<Vec<PatientHit>> {
+        // Patients are derived from studies: group the matching studies by (ID, issuer).
+        let inner = Exec {
+            want: usize::MAX,
+            ..*self
+        };
+        let studies = inner.studies()?;
+        let mut groups: BTreeMap<(String, String), PatientHit> = BTreeMap::new();
+        for s in studies {
+            let key = (
+                s.attrs.patient_id.clone(),
+                s.attrs.issuer_of_patient_id.clone(),
+            );
+            let hit = groups.entry(key).or_insert_with(|| PatientHit {
+                attrs: patient_level(&s.attrs),
+                study_count: 0,
+                series_count: 0,
+                instance_count: 0,
+            });
+            hit.study_count += 1;
+            hit.series_count += s.series_count;
+            hit.instance_count += s.instance_count;
+        }
+        Ok(groups.into_values().take(self.want).collect())
+    }
+
+    /// Series rows of a run that may match.
+    fn series_candidates(&self, run: &Run) -> Result<Vec<u32>> {
+        if let Some(uids) = exact(self.query, tags::SERIES_INSTANCE_UID) {
+            let mut rows = Vec::new();
+            for uid in uids {
+                if let Some(s) = run.find_series(uid)? {
+                    rows.push(s.row);
+                }
+            }
+            return Ok(rows);
+        }
+        let study_keyed = [
+            tags::STUDY_INSTANCE_UID,
+            tags::ACCESSION_NUMBER,
+            tags::PATIENT_ID,
+            tags::STUDY_DATE,
+        ];
+        let has_study_key = study_keyed.iter().any(|t| {
+            self.query
+                .filters
+                .iter()
+                .any(|(f, m)| f == t && (m.exact_values().is_some() || m.date_range().is_some()))
+        });
+        if has_study_key {
+            let mut rows = Vec::new();
+            for st in self.study_candidates(run)? {
+                let study = run.study(st)?;
+                rows.extend(study.first_series..study.first_series + study.series_count);
+            }
+            return Ok(rows);
+        }
+        Ok((0..run.counts().series).collect())
+    }
+
+    /// Live instances of a series over every source.
+    fn series_aggregate(&self, uid: &str) -> Result<u32> {
+        let mut holders = Vec::new();
+        for s in self.sources {
+            let has = match s {
+                Source::Mem(m) => m
+                    .instances
+                    .values()
+                    .any(|x| x.attrs.series_instance_uid == uid),
+                Source::Run(r) => r.find_series(uid)?.is_some(),
+            };
+            if has {
+                holders.push(*s);
+            }
+        }
+        if let ([Source::Run(r)], false) = (&holders[..], self.dead.by_series.contains_key(uid)) {
+            if let Some(se) = r.find_series(uid)? {
+                return Ok(se.instance_count);
+            }
+        }
+        let mut seen: HashSet<String> = HashSet::new();
+        for s in &holders {
+            match s {
+                Source::Mem(m) => {
+                    for x in m
+                        .instances
+                        .values()
+                        .filter(|x| x.attrs.series_instance_uid == uid)
+                    {
+                        seen.insert(x.attrs.sop_instance_uid.clone());
+                    }
+                }
+                Source::Run(r) => {
+                    let Some(se) = r.find_series(uid)? else {
+                        continue;
+                    };
+                    for irow in se.first_instance..se.first_instance + se.instance_count {
+                        let inst = r.instance(irow)?;
+                        let sop = r.sop_uid(&inst)?;
+                        if !self.dead.is_dead(sop, inst.seq) && !seen.contains(sop) {
+                            seen.insert(sop.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(seen.len() as u32)
+    }
+
+    fn series(&self) -> Result<Vec<SeriesHit>> {
+        let levels = [Level::Patient, Level::Study, Level::Series];
+        let mut out = Vec::new();
+        let mut done: HashSet<String> = HashSet::new();
+        for (i, source) in self.sources.iter().enumerate() {
+            let mut candidates: Vec<InstanceAttrs> = Vec::new();
+            match source {
+                Source::Mem(m) => {
+                    let mut by_series: BTreeMap<&str, &MemInstance> = BTreeMap::new();
+                    for x in m.instances.values() {
+                        let e = by_series.entry(&x.attrs.series_instance_uid).or_insert(x);
+                        if x.seq > e.seq {
+                            *e = x;
+                        }
+                    }
+                    for x in by_series.values() {
+                        candidates.push(series_level(&x.attrs));
+                    }
+                }
+                Source::Run(r) => {
+                    let mut study_cache: Option<(u32, InstanceAttrs)> = None;
+                    for row in self.series_candidates(r)? {
+                        let se: SeriesRow = r.series(row)?;
+                        let mut attrs = match &study_cache {
+                            Some((s, a)) if *s == se.study => a.clone(),
+                            _ => {
+                                let study: StudyRow = r.study(se.study)?;
+                                let mut a = InstanceAttrs::default();
+                                r.study_attrs(&study, &mut a)?;
+                                study_cache = Some((se.study, a.clone()));
+                                a
+                            }
+                        };
+                        r.series_attrs(&se, &mut attrs)?;
+                        candidates.push(attrs);
+                    }
+                }
+            }
+            for attrs in candidates {
+                if out.len() >= self.want {
+                    return Ok(out);
+                }
+                if done.contains(&attrs.series_instance_uid) {
+                    continue;
+                }
+                if self.newest_with_series(&attrs.series_instance_uid)? != Some(i) {
+                    continue;
+                }
+                done.insert(attrs.series_instance_uid.clone());
+                if !self.accepts(&attrs, &levels) || !self.combined_date_time_ok(&attrs) {
+                    continue;
+                }
+                let instance_count = self.series_aggregate(&attrs.series_instance_uid)?;
+                if instance_count > 0 {
+                    out.push(SeriesHit {
+                        attrs,
+                        instance_count,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Instance rows of a run that may match.
+    fn instance_candidates(&self, run: &Run) -> Result<Vec<u32>> {
+        if let Some(uids) = exact(self.query, tags::SOP_INSTANCE_UID) {
+            let mut rows = Vec::new();
+            for uid in uids {
+                if let Some(x) = run.find_instance(uid)? {
+                    rows.push(x.row);
+                }
+            }
+            return Ok(rows);
+        }
+        let mut rows = Vec::new();
+        for se in self.series_candidates(run)? {
+            let series = run.series(se)?;
+            rows.extend(series.first_instance..series.first_instance + series.instance_count);
+        }
+        Ok(rows)
+    }
+
+    fn instances(&self) -> Result<Vec<InstanceHit>> {
+        let levels = [Level::Patient, Level::Study, Level::Series, Level::Instance];
+        let mut out = Vec::new();
+        let mut done: HashSet<String> = HashSet::new();
+        for source in self.sources {
+            match source {
+                Source::Mem(m) => {
+                    for x in m.instances.values() {
+                        if out.len() >= self.want {
+                            return Ok(out);
+                        }
+                        done.insert(x.attrs.sop_instance_uid.clone());
+                        if self.accepts(&x.attrs, &levels) && self.combined_date_time_ok(&x.attrs) {
+                            out.push(InstanceHit {
+                                attrs: x.attrs.clone(),
+                                location: x.location,
+                                seq: x.seq,
+                            });
+                        }
+                    }
+                }
+                Source::Run(r) => {
+                    let mut parent: Option<(u32, InstanceAttrs)> = None;
+                    for row in self.instance_candidates(r)? {
+                        if out.len() >= self.want {
+                            return Ok(out);
+                        }
+                        let inst = r.instance(row)?;
+                        let sop = r.sop_uid(&inst)?;
+                        if self.dead.is_dead(sop, inst.seq) || done.contains(sop) {
+                            continue;
+                        }
+                        done.insert(sop.to_string());
+                        let mut attrs = match &parent {
+                            Some((s, a)) if *s == inst.series => a.clone(),
+                            _ => {
+                                let se = r.series(inst.series)?;
+                                let study = r.study(se.study)?;
+                                let mut a = InstanceAttrs::default();
+                                r.study_attrs(&study, &mut a)?;
+                                r.series_attrs(&se, &mut a)?;
+                                parent = Some((inst.series, a.clone()));
+                                a
+                            }
+                        };
+                        r.instance_attrs(&inst, &mut attrs)?;
+                        if self.accepts(&attrs, &levels) && self.combined_date_time_ok(&attrs) {
+                            out.push(InstanceHit {
+                                attrs,
+                                location: inst.location,
+                                seq: inst.seq,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("fsync index directory", dir.display().to_string(), e))
+}
+
+fn patient_level(a: &InstanceAttrs) -> InstanceAttrs {
+    InstanceAttrs {
+        patient_id: a.patient_id.clone(),
+        issuer_of_patient_id: a.issuer_of_patient_id.clone(),
+        patient_name: a.patient_name.clone(),
+        patient_birth_date: a.patient_birth_date.clone(),
+        patient_sex: a.patient_sex.clone(),
+        ..Default::default()
+    }
+}
+
+fn study_level(a: &InstanceAttrs) -> InstanceAttrs {
+    InstanceAttrs {
+        study_instance_uid: a.study_instance_uid.clone(),
+        study_date: a.study_date.clone(),
+        study_time: a.study_time.clone(),
+        accession_number: a.accession_number.clone(),
+        study_id: a.study_id.clone(),
+        study_description: a.study_description.clone(),
+        referring_physician_name: a.referring_physician_name.clone(),
+        ..patient_level(a)
+    }
+}
+
+fn series_level(a: &InstanceAttrs) -> InstanceAttrs {
+    InstanceAttrs {
+        modality: a.modality.clone(),
+        series_instance_uid: a.series_instance_uid.clone(),
+        series_number: a.series_number,
+        series_description: a.series_description.clone(),
+        body_part_examined: a.body_part_examined.clone(),
+        performed_procedure_step_start_date: a.performed_procedure_step_start_date.clone(),
+        ..study_level(a)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::matching::{MatchOptions, MatchVr};
+
+    fn attrs(patient: u32, study: u32, series: u32, instance: u32) -> InstanceAttrs {
+        InstanceAttrs {
+            patient_id: format!("P{patient}"),
+            patient_name: format!("Virtanen^Aino{patient}"),
+            study_instance_uid: format!("1.2.{study}"),
+            study_date: format!("202401{:02}", 1 + study % 28),
+            study_time: "120000".into(),
+            accession_number: format!("A{study}"),
+            modality: ["CT", "MR", "SR"][(series % 3) as usize].into(),
+            series_instance_uid: format!("1.2.{study}.{series}"),
+            series_number: Some(series as i32),
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+            sop_instance_uid: format!("1.2.{study}.{series}.{instance}"),
+            instance_number: Some(instance as i32),
+            ..Default::default()
+        }
+    }
+
+    fn filter(tag: Tag, vr: MatchVr, key: &str) -> (Tag, Matcher) {
+        (
+            tag,
+            Matcher::parse(vr, key, MatchOptions::default()).expect("valid key"),
+        )
+    }
+
+    fn query(level: Level, filters: Vec<(Tag, Matcher)>) -> Query {
+        Query {
+            level,
+            filters,
+            offset: 0,
+            limit: None,
+        }
+    }
+
+    fn studies(c: &Catalog, filters: Vec<(Tag, Matcher)>) -> Vec<StudyHit> {
+        match c.query(&query(Level::Study, filters)).unwrap() {
+            Hits::Studies(h) => h,
+            other => panic!("wrong level {other:?}"),
+        }
+    }
+
+    /// 3 patients × 2 studies × 3 series × 4 instances, seq in insertion order.
+    fn fill(c: &Catalog, seq: &mut u64) {
+        for p in 0..3 {
+            for st in 0..2 {
+                let study = p * 10 + st;
+                for se in 0..3 {
+                    for i in 0..4 {
+                        *seq += 1;
+                        c.insert(attrs(p, study, se, i), InstanceLocation::default(), *seq)
+                            .unwrap();
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_contents(c: &Catalog) {
+        let hits = studies(c, vec![filter(tags::PATIENT_ID, MatchVr::Text, "P1")]);
+        let mut uids: Vec<_> = hits
+            .iter()
+            .map(|h| h.attrs.study_instance_uid.clone())
+            .collect();
+        uids.sort();
+        assert_eq!(uids, vec!["1.2.10", "1.2.11"]);
+        for h in &hits {
+            assert_eq!((h.series_count, h.instance_count), (3, 12));
+            assert_eq!(h.modalities_in_study, "CT\\MR\\SR");
+        }
+        let acc = studies(
+            c,
+            vec![filter(tags::ACCESSION_NUMBER, MatchVr::Text, "A21")],
+        );
+        assert_eq!(acc.len(), 1);
+        assert_eq!(acc[0].attrs.patient_id, "P2");
+        let wild = studies(
+            c,
+            vec![filter(
+                tags::PATIENT_NAME,
+                MatchVr::PersonName,
+                "virtanen^aino2*",
+            )],
+        );
+        assert_eq!(wild.len(), 2, "PN matching is case-insensitive");
+        let range = studies(
+            c,
+            vec![filter(tags::STUDY_DATE, MatchVr::Date, "20240111-20240112")],
+        );
+        let mut got: Vec<_> = range.iter().map(|h| h.attrs.study_date.clone()).collect();
+        got.sort();
+        assert_eq!(got, vec!["20240111", "20240112"]);
+        let mr = studies(
+            c,
+            vec![filter(tags::MODALITIES_IN_STUDY, MatchVr::Text, "MR")],
+        );
+        assert_eq!(mr.len(), 6);
+        let Hits::Instances(inst) = c
+            .query(&query(
+                Level::Instance,
+                vec![filter(tags::SERIES_INSTANCE_UID, MatchVr::Uid, "1.2.20.1")],
+            ))
+            .unwrap()
+        else {
+            panic!()
+        };
+        let numbers: Vec<_> = inst.iter().map(|h| h.attrs.instance_number).collect();
+        assert_eq!(numbers.len(), 4);
+        assert!(inst
+            .iter()
+            .all(|h| h.attrs.patient_id == "P2" && h.attrs.modality == "MR"));
+        let Hits::Series(series) = c
+            .query(&query(
+                Level::Series,
+                vec![
+                    filter(tags::STUDY_INSTANCE_UID, MatchVr::Uid, "1.2.0"),
+                    filter(tags::MODALITY, MatchVr::Text, "CT"),
+                ],
+            ))
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(series.len(), 1);
+        assert_eq!(series[0].instance_count, 4);
+        let Hits::Patients(patients) = c.query(&query(Level::Patient, vec![])).unwrap() else {
+            panic!()
+        };
+        assert_eq!(patients.len(), 3);
+        assert!(patients
+            .iter()
+            .all(|p| p.study_count == 2 && p.instance_count == 24));
+    }
+
+    #[test]
+    fn queries_agree_before_and_after_freezing_and_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, _) = Catalog::open(dir.path(), CatalogLimits::default()).unwrap();
+        let mut seq = 0;
+        fill(&c, &mut seq);
+        check_contents(&c);
+        c.freeze().unwrap().unwrap();
+        assert_eq!(c.mem_len(), 0);
+        check_contents(&c);
+        drop(c);
+        let (c, report) = Catalog::open(dir.path(), CatalogLimits::default()).unwrap();
+        assert_eq!(report.runs_mapped, 1);
+        check_contents(&c);
+        c.verify().unwrap();
+    }
+
+    #[test]
+    fn deletes_and_replacements_across_runs_count_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, _) = Catalog::open(dir.path(), CatalogLimits::default()).unwrap();
+        let mut seq = 0;
+        fill(&c, &mut seq);
+        c.freeze().unwrap();
+        // Replace one instance (newer copy in memory), delete another, add one to a study.
+        let mut replaced = attrs(1, 10, 0, 0);
+        replaced.patient_name = "Virtanen^Aino1^Renamed".into();
+        c.insert(attrs(1, 10, 5, 0), InstanceLocation::default(), 1000)
+            .unwrap();
+        assert!(c.remove("1.2.10.1.0", 1001).unwrap());
+        assert!(!c.remove("1.2.404", 1002).unwrap());
+        // The newest instance of a study gives the study-level attributes.
+        c.insert(replaced, InstanceLocation::default(), 1003)
+            .unwrap();
+        let check = |c: &Catalog, stage: &str| {
+            eprintln!("stage {stage}");
+            let hit = studies(
+                c,
+                vec![filter(tags::STUDY_INSTANCE_UID, MatchVr::Uid, "1.2.10")],
+            );
+            assert_eq!(hit.len(), 1);
+            // 12 - 1 deleted + 1 added; the replaced one counts once.
+            assert_eq!((hit[0].series_count, hit[0].instance_count), (4, 12));
+            assert_eq!(hit[0].attrs.patient_name, "Virtanen^Aino1^Renamed");
+            assert!(c.instance("1.2.10.1.0").unwrap().is_none());
+            assert_eq!(c.instance("1.2.10.0.0").unwrap().unwrap().seq, 1003);
+            let Hits::Instances(all) = c.query(&query(Level::Instance, vec![])).unwrap() else {
+                panic!()
+            };
+            assert_eq!(all.len(), 72);
+        };
+        check(&c, "mem");
+        c.freeze().unwrap();
+        check(&c, "frozen");
+        drop(c);
+        let (c, _) = Catalog::open(dir.path(), CatalogLimits::default()).unwrap();
+        check(&c, "reopened");
+        c.merge().unwrap();
+        assert_eq!(c.run_counts().len(), 1);
+        assert_eq!(c.run_counts()[0].removed, 0);
+        check(&c, "merged");
+    }
+
+    #[test]
+    fn binary_counter_merging_keeps_runs_few_and_contents_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = CatalogLimits {
+            runs_max: 4,
+            ..CatalogLimits::default()
+        };
+        let (c, _) = Catalog::open(dir.path(), limits).unwrap();
+        let mut seq = 0;
+        for round in 0..9u32 {
+            for i in 0..10 {
+                seq += 1;
+                c.insert(
+                    attrs(7, 100 + round, 0, i),
+                    InstanceLocation::default(),
+                    seq,
+                )
+                .unwrap();
+            }
+            c.freeze().unwrap();
+            c.maybe_merge().unwrap();
+            assert!(c.run_counts().len() <= 4);
+        }
+        let hits = studies(&c, vec![filter(tags::PATIENT_ID, MatchVr::Text, "P7")]);
+        assert_eq!(hits.len(), 9);
+        let files = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(
+            files,
+            c.run_counts().len(),
+            "merged runs' files are removed"
+        );
+    }
+
+    #[test]
+    fn limit_and_offset_page_through_results() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, _) = Catalog::open(dir.path(), CatalogLimits::default()).unwrap();
+        let mut seq = 0;
+        fill(&c, &mut seq);
+        c.freeze().unwrap();
+        let mut seen = Vec::new();
+        for page in 0..4 {
+            let q = Query {
+                level: Level::Study,
+                filters: vec![],
+                offset: page * 2,
+                limit: Some(2),
+            };
+            let Hits::Studies(h) = c.query(&q).unwrap() else {
+                panic!()
+            };
+            assert!(h.len() <= 2);
+            seen.extend(h.into_iter().map(|h| h.attrs.study_instance_uid));
+        }
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 6);
+    }
+
+    #[test]
+    fn a_damaged_run_is_set_aside_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, _) = Catalog::open(dir.path(), CatalogLimits::default()).unwrap();
+        let mut seq = 0;
+        fill(&c, &mut seq);
+        c.freeze().unwrap();
+        drop(c);
+        let path = dir.path().join(run_file_name(1));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[3] ^= 0xFF;
+        std::fs::write(&path, bytes).unwrap();
+        let (c, report) = Catalog::open(dir.path(), CatalogLimits::default()).unwrap();
+        assert_eq!(report.runs_mapped, 0);
+        assert_eq!(report.runs_rejected.len(), 1);
+        assert!(dir.path().join("run-0000000000000001.kvi.bad").exists());
+        assert!(studies(&c, vec![]).is_empty());
+    }
+}
