@@ -145,7 +145,9 @@ fn build(dir: &std::path::Path, instances: u64) -> u64 {
                 offset: seq * 4096,
                 object_len: 524_288,
             };
-            catalog.insert(attrs, location, seq).expect("insert");
+            catalog
+                .insert(attrs, location, seq, seq / segment)
+                .expect("insert");
             in_segment += 1;
             if in_segment == segment {
                 catalog.freeze().expect("freeze");

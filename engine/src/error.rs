@@ -40,6 +40,9 @@ pub enum Error {
         offset: u64,
         reason: String,
     },
+    /// A DICOM instance was refused (nothing of it was stored).
+    #[error("instance refused: {0}")]
+    Dicom(#[from] crate::instances::DicomError),
     /// The caller asked for something the engine does not allow.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -10,7 +10,11 @@
 //!   reader, crash recovery and compaction.
 //! - [`io`] is the storage seam: io_uring on real files, an in-memory disk that can crash, and
 //!   deterministic fault injection.
-//! - [`index`] maps keys to records.
+//! - [`index`] maps keys to records (the locator) and holds the catalog: memory-mapped index
+//!   runs of the patient/study/series/instance hierarchy with PS3.4 matching.
+//! - [`dicom`] reads DICOM streams (fast path, dicom-parser path, character sets, frame maps,
+//!   metadata records); [`instances`] stores instances through the store with their metadata
+//!   and keeps the catalog in step with the segments.
 //!
 //! Invariants: the engine never touches the network; a put is acknowledged only after its
 //! bytes and the record that makes them findable are durable (`fdatasync`); no byte is served
@@ -19,6 +23,7 @@
 pub mod dicom;
 pub mod error;
 pub mod index;
+pub mod instances;
 pub mod io;
 pub mod segment;
 pub mod store;

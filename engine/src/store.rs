@@ -1,7 +1,10 @@
 //! [`Store`]: the one facade over segments, the writer and the index.
 
+use crate::dicom::metadata::InstanceMetadata;
 use crate::error::{Error, Result};
+use crate::index::catalog::{Catalog, Hits, Query};
 use crate::index::Locator;
+use crate::instances::{metadata_of, InstanceConfig, InstancePut, Instances};
 use crate::io::uring::UringStorage;
 use crate::io::Storage;
 use crate::segment::compaction::{self, CompactOptions, CompactionReport};
@@ -38,6 +41,8 @@ pub struct StoreConfig {
     pub flushers: usize,
     /// Write segments with `O_DIRECT` (for [`Store::open`]; see `docs/format.md`).
     pub direct_io: bool,
+    /// DICOM instances: extraction limits, extra indexed attributes, the catalog's place.
+    pub instances: InstanceConfig,
 }
 
 impl Default for StoreConfig {
@@ -49,6 +54,7 @@ impl Default for StoreConfig {
             requests_queued_max: 256,
             flushers: 4,
             direct_io: true,
+            instances: InstanceConfig::default(),
         }
     }
 }
@@ -157,6 +163,8 @@ pub(crate) struct Shared {
     next_segment_id: AtomicU64,
     pub stats: EngineStats,
     pub compaction: Mutex<()>,
+    /// Told the id of every segment the writer seals (the catalog's indexer).
+    seal_listener: Mutex<Option<SyncSender<u64>>>,
 }
 
 impl Shared {
@@ -170,6 +178,25 @@ impl Shared {
 
     pub fn poisoned(&self) -> Option<Arc<str>> {
         self.poison.get().cloned()
+    }
+
+    pub fn set_seal_listener(&self, tx: SyncSender<u64>) {
+        *self.seal_listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+    }
+
+    pub fn clear_seal_listener(&self) {
+        self.seal_listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+
+    /// A segment was sealed. Never blocks the writer: a full queue drops the notice (the
+    /// indexer indexes every uncovered sealed segment on the next one, or at open).
+    pub fn notify_sealed(&self, segment_id: u64) {
+        if let Some(tx) = &*self.seal_listener.lock().unwrap_or_else(|p| p.into_inner()) {
+            let _ = tx.try_send(segment_id);
+        }
     }
 
     pub fn allocate_segment_id(&self) -> u64 {
@@ -244,11 +271,15 @@ pub struct Store {
     tx: SyncSender<Msg>,
     writer: Option<JoinHandle<()>>,
     report: RecoveryReport,
+    instances: Option<Instances>,
 }
 
 impl Store {
     /// Opens (or creates) the store in `dir` on the real disk, through io_uring.
-    pub fn open(dir: &Path, config: StoreConfig) -> Result<Store> {
+    pub fn open(dir: &Path, mut config: StoreConfig) -> Result<Store> {
+        if config.instances.index_dir.is_none() {
+            config.instances.index_dir = Some(dir.join("index"));
+        }
         let storage = UringStorage::open(dir, config.direct_io).map_err(|e| {
             if e.kind() == std::io::ErrorKind::WouldBlock {
                 Error::Locked(dir.display().to_string())
@@ -276,14 +307,83 @@ impl Store {
             next_segment_id: AtomicU64::new(recovered.next_segment_id),
             stats: EngineStats::default(),
             compaction: Mutex::new(()),
+            seal_listener: Mutex::new(None),
         });
         let (tx, writer) = Writer::spawn(shared.clone(), recovered.active, recovered.seq_next)?;
-        Ok(Store {
+        let mut store = Store {
             shared,
             tx,
             writer: Some(writer),
             report: recovered.report,
-        })
+            instances: None,
+        };
+        let instance_config = store.shared.config.instances.clone();
+        store.instances = Some(Instances::open(&store, instance_config)?);
+        Ok(store)
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    pub(crate) fn shared_arc(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    pub(crate) fn instances(&self) -> &Instances {
+        self.instances
+            .as_ref()
+            .expect("instances are set up in open_with before the store is handed out")
+    }
+
+    /// Starts storing a DICOM instance (Part-10 bytes streamed in with
+    /// [`InstancePut::write`]); see [`crate::instances`].
+    pub fn put_instance(&self) -> InstancePut<'_> {
+        InstancePut::new(self)
+    }
+
+    /// The current metadata record of an instance.
+    pub fn instance_metadata(&self, sop_instance_uid: &str) -> Result<Option<InstanceMetadata>> {
+        metadata_of(self, sop_instance_uid)
+    }
+
+    /// What opening the catalog found (runs mapped, runs set aside as damaged).
+    pub fn catalog_open_report(&self) -> &crate::index::catalog::CatalogOpenReport {
+        &self.instances().open_report
+    }
+
+    /// The catalog, when configured (see [`InstanceConfig::index_dir`]).
+    pub fn catalog(&self) -> Option<&Catalog> {
+        self.instances().catalog.as_deref()
+    }
+
+    /// Answers a query over the catalog. A run that fails a block check is set aside and
+    /// re-indexed from its segments in the background; the query reports the damage.
+    pub fn query(&self, query: &Query) -> Result<Hits> {
+        let catalog = self
+            .catalog()
+            .ok_or_else(|| Error::InvalidArgument("this store has no catalog configured".into()))?;
+        let result = catalog.query(query);
+        if let Err(Error::IndexCorruption { file, .. }) = &result {
+            if catalog.quarantine(file)? {
+                self.shared.notify_sealed(0);
+            }
+        }
+        result
+    }
+
+    /// Deletes an instance: tombstones for its object and its metadata record, and its
+    /// removal from the catalog. `None` if there was no such instance.
+    pub fn delete_instance(&self, sop_instance_uid: &str) -> Result<Option<Committed>> {
+        let key = sop_instance_uid.as_bytes();
+        let Some(object) = self.delete(Namespace::OBJECT, key)? else {
+            return Ok(None);
+        };
+        let metadata = self.delete(Namespace::METADATA, key)?;
+        if let (Some(catalog), Some(md)) = (self.catalog(), metadata) {
+            catalog.remove(sop_instance_uid, md.seq, md.segment_id)?;
+        }
+        Ok(Some(object))
     }
 
     /// What opening found: torn tails cut, seals finished, corruption (never served).
@@ -463,6 +563,9 @@ impl Store {
         let _ = self.tx.send(Msg::Shutdown);
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
+        }
+        if let Some(instances) = &mut self.instances {
+            instances.shutdown(&self.shared);
         }
     }
 }

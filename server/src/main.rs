@@ -45,6 +45,21 @@ fn main() -> anyhow::Result<()> {
                 "segments {} (sealed {}), {} bytes, {} live keys",
                 stats.segments, stats.sealed_segments, stats.segment_bytes, stats.live_keys
             );
+            let index = store.catalog_open_report().clone();
+            if let Some(catalog) = store.catalog() {
+                let runs = catalog.run_counts();
+                let instances: u64 = runs.iter().map(|r| u64::from(r.instances)).sum();
+                println!(
+                    "index: {} runs ({instances} instance rows), {} in memory, {} runs set aside and rebuilt",
+                    runs.len(),
+                    catalog.mem_len(),
+                    index.runs_rejected.len()
+                );
+                // Every byte of every run against its block checksum.
+                catalog.verify().map_err(|e| {
+                    anyhow::anyhow!("{e}; the next query that reads it sets the run aside and rebuilds it from the segments, or remove the file and reopen")
+                })?;
+            }
             let corruption = store.recovery_report().corruption.len();
             store.close();
             if corruption > 0 {

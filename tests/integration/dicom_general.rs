@@ -10,14 +10,18 @@
 //! path, the general path must also give exactly the fast path's result, but for one designed
 //! difference: a UN element of a known tag gets the dictionary's VR. Files dicom-object refuses
 //! but the general path reads are compared with pydicom (from `.venv`) instead. Any file
-//! dicom-object reads but the general path refuses fails the test. Sample discovery and
-//! `KUVASTO_REQUIRE_SAMPLES` work as in `dicom_samples`.
+//! dicom-object reads but the general path refuses fails the test. Sample discovery (with the
+//! character set samples), text decoding (per the file's (0008,0005), with `CharacterSets`,
+//! as `Extracted::text` does) and `KUVASTO_REQUIRE_SAMPLES` work as in `dicom_samples`.
 
-use super::dicom_samples::{compare_indexed, files_under, samples_dir};
+use super::dicom_samples::{
+    compare_indexed, sample_files, settle_with_pydicom, Compared, OurValue,
+};
 use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
 use dicom_core::Tag as DTag;
 use dicom_object::file::ReadPreamble;
 use dicom_object::{InMemDicomObject, OpenFileOptions, StandardDataDictionary};
+use kuvasto_engine::dicom::charset::CharacterSets;
 use kuvasto_engine::dicom::explicit_le::{encode_element, Element, ScanError, ScanLimits, Scanned};
 use kuvasto_engine::dicom::extract::{ExtractPath, Extractor, INDEXED};
 use kuvasto_engine::dicom::general::{
@@ -342,7 +346,7 @@ fn compare_with_pydicom(
 
 #[test]
 fn general_path_agrees_with_dicom_object_on_pydicom_samples() {
-    let Some(dir) = samples_dir() else {
+    let Some(files) = sample_files() else {
         assert!(
             std::env::var_os("KUVASTO_REQUIRE_SAMPLES").is_none(),
             "pydicom's sample files are missing: scripts/test.sh installs them into .venv"
@@ -350,11 +354,9 @@ fn general_path_agrees_with_dicom_object_on_pydicom_samples() {
         eprintln!("pydicom samples not installed (run scripts/test.sh); differential test skipped");
         return;
     };
-    let mut files = Vec::new();
-    files_under(&dir, &mut files);
-    files.sort();
     let mut compared_by_kind: BTreeMap<String, usize> = BTreeMap::new();
-    let (mut values_compared, mut vrs, mut same_as_fast_path) = (0, VrCount::default(), 0);
+    let (mut values, mut vrs, mut same_as_fast_path) = (Compared::default(), VrCount::default(), 0);
+    let mut values_compared_with_pydicom = 0;
     let (mut mismatches, mut not_dicom, mut both_refuse) = (0, 0, 0);
     // Read by the general path, refused by dicom-object: (path, kind, ours, dicom-object's error).
     let mut only_ours = Vec::new();
@@ -412,18 +414,21 @@ fn general_path_agrees_with_dicom_object_on_pydicom_samples() {
                     .entry(kind(&transfer_syntax, without_meta))
                     .or_default() += 1;
                 let scanned = &ours.scanned;
-                values_compared += compare_indexed(
-                    path,
-                    |tag| {
-                        scanned
-                            .elements
-                            .iter()
-                            .find(|e| e.tag == tag)
-                            .map(|e| scanned.value(e))
-                    },
-                    &theirs,
-                    &mut disagreements,
-                );
+                let element = |tag| scanned.elements.iter().find(|e| e.tag == tag);
+                // Decoded as `Extracted::text` does: per (0008,0005), the default repertoire
+                // when it is absent or not understood.
+                let charsets = element(Tag::new(0x0008, 0x0005))
+                    .and_then(|e| CharacterSets::parse(scanned.value(e)).ok())
+                    .unwrap_or_default();
+                let our_value = |tag| {
+                    let e = element(tag)?;
+                    let raw = scanned.value(e);
+                    Some(OurValue {
+                        raw,
+                        text: charsets.decode(e.vr, raw),
+                    })
+                };
+                compare_indexed(path, our_value, &theirs, &mut values, &mut disagreements);
                 compare_vrs(path, &ours, &theirs, &mut vrs, &mut disagreements);
             }
             (Err(error), Ok(_)) => {
@@ -439,6 +444,10 @@ fn general_path_agrees_with_dicom_object_on_pydicom_samples() {
             }
         }
     }
+    settle_with_pydicom(&mut values, &mut disagreements);
+    for misread in &values.dicom_object_misreads {
+        eprintln!("  dicom-object decodes differently (pydicom agrees with us): {misread}");
+    }
     // Files dicom-object refuses (no deflate support built in, file meta groups it cannot
     // parse, UN sequences, implicit VR under an explicit syntax): pydicom checks them instead.
     let paths: Vec<PathBuf> = only_ours.iter().map(|o| o.0.clone()).collect();
@@ -451,7 +460,8 @@ fn general_path_agrees_with_dicom_object_on_pydicom_samples() {
                     path.display()
                 );
                 pydicom_compared += 1;
-                values_compared += compare_with_pydicom(path, ours, &theirs, &mut disagreements);
+                values_compared_with_pydicom +=
+                    compare_with_pydicom(path, ours, &theirs, &mut disagreements);
                 *compared_by_kind.entry(kind.clone()).or_default() += 1;
             }
         }
@@ -468,8 +478,11 @@ fn general_path_agrees_with_dicom_object_on_pydicom_samples() {
     }
     let compared: usize = compared_by_kind.values().sum();
     eprintln!(
-        "pydicom samples, general path: {} files, {compared} compared ({compared_by_kind:?}); {values_compared} values, {} VRs ({} UN read with the dictionary's VR); {pydicom_compared} files compared with pydicom as dicom-object refuses them; {same_as_fast_path} identical to the fast path; {mismatches} implicit VR under an explicit syntax; {both_refuse} refused by both; {not_dicom} not DICOM",
+        "pydicom samples, general path: {} files, {compared} compared ({compared_by_kind:?}); {} values with dicom-object ({} of them non-ASCII text, {} decoded differently by dicom-object), {values_compared_with_pydicom} with pydicom, {} VRs ({} UN read with the dictionary's VR); {pydicom_compared} files compared with pydicom as dicom-object refuses them; {same_as_fast_path} identical to the fast path; {mismatches} implicit VR under an explicit syntax; {both_refuse} refused by both; {not_dicom} not DICOM",
         files.len(),
+        values.values,
+        values.non_ascii,
+        values.dicom_object_misreads.len(),
         vrs.compared,
         vrs.un_reread,
     );

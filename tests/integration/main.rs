@@ -2,7 +2,10 @@
 
 mod basic;
 mod crash;
+mod dicom_bad_input;
 mod dicom_general;
+mod dicom_roundtrip;
 mod dicom_samples;
 mod faults;
+mod instances;
 mod model;

@@ -28,6 +28,7 @@ pub fn small_config() -> StoreConfig {
         requests_queued_max: 16,
         flushers: 2,
         direct_io: true,
+        ..StoreConfig::default()
     }
 }
 
@@ -41,6 +42,7 @@ pub fn crash_config() -> StoreConfig {
         requests_queued_max: 64,
         flushers: 4,
         direct_io: true,
+        ..StoreConfig::default()
     }
 }
 

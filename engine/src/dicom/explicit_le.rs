@@ -90,6 +90,22 @@ pub enum Progress {
     PixelData(PixelDataAt),
 }
 
+/// Top-level values at least this long are reported as bulk ([`Scanned::bulk`]): the metadata
+/// record leaves them in the object and references them.
+pub const BULK_VALUE_BYTES_MIN: u32 = 16 * 1024;
+
+/// A large top-level value (not wanted, defined length ≥ [`BULK_VALUE_BYTES_MIN`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BulkValue {
+    pub tag: Tag,
+    pub vr: [u8; 2],
+    /// Stream offset of the element's tag.
+    pub element_offset: u64,
+    /// Stream offset of the value.
+    pub value_offset: u64,
+    pub length: u32,
+}
+
 /// What a finished scan found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scanned {
@@ -97,6 +113,9 @@ pub struct Scanned {
     /// The values of `elements`, back to back.
     pub arena: Vec<u8>,
     pub pixel_data: Option<PixelDataAt>,
+    /// Large top-level values, in stream order (the fast path reports them; the general path
+    /// leaves this empty).
+    pub bulk: Vec<BulkValue>,
 }
 
 impl Scanned {
@@ -108,6 +127,8 @@ impl Scanned {
 }
 
 const UNDEFINED: u32 = u32::MAX;
+/// Most bulk values recorded (each is at least 16 KiB, so this is over 64 GiB of them).
+const BULK_VALUES_MAX: usize = 1 << 22;
 
 fn le_u16(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
@@ -227,6 +248,7 @@ pub struct ExplicitLeScanner<W: Fn(Tag) -> bool> {
     elements: Vec<Element>,
     arena: Vec<u8>,
     pixel_data: Option<PixelDataAt>,
+    bulk: Vec<BulkValue>,
 }
 
 impl<W: Fn(Tag) -> bool> ExplicitLeScanner<W> {
@@ -242,7 +264,15 @@ impl<W: Fn(Tag) -> bool> ExplicitLeScanner<W> {
             elements: Vec::with_capacity(32),
             arena: Vec::with_capacity(1024),
             pixel_data: None,
+            bulk: Vec::new(),
         }
+    }
+
+    /// The value of a wanted attribute found so far.
+    pub fn value_so_far(&self, tag: Tag) -> Option<&[u8]> {
+        let e = self.elements.iter().find(|e| e.tag == tag)?;
+        let start = e.arena_start as usize;
+        Some(&self.arena[start..start + e.value_len as usize])
     }
 
     /// Bytes currently held (for tests of the memory bound).
@@ -368,15 +398,31 @@ impl<W: Fn(Tag) -> bool> ExplicitLeScanner<W> {
                 let arena_start = self.arena.len() as u32;
                 self.arena
                     .extend_from_slice(&data[value_at..value_at + length]);
+                // UN of a known attribute: its bytes are implicit VR LE, so the dictionary's
+                // VR describes them (PS3.5 6.2.2); the general path reports the same.
+                let vr = match &header.vr {
+                    b"UN" => super::dictionary_vr(header.tag).unwrap_or(header.vr),
+                    _ => header.vr,
+                };
                 self.elements.push(Element {
                     tag: header.tag,
-                    vr: header.vr,
+                    vr,
                     value_offset: offset + header.header_len as u64,
                     arena_start,
                     value_len: header.length,
                 });
                 at = value_at + length;
                 continue;
+            }
+            if header.length >= BULK_VALUE_BYTES_MIN && self.bulk.len() < BULK_VALUES_MAX {
+                // Reached once per element: every path below consumes its header.
+                self.bulk.push(BulkValue {
+                    tag: header.tag,
+                    vr: header.vr,
+                    element_offset: offset,
+                    value_offset: offset + header.header_len as u64,
+                    length: header.length,
+                });
             }
             let available = data.len() - value_at.min(data.len());
             if available >= length {
@@ -512,6 +558,7 @@ impl<W: Fn(Tag) -> bool> ExplicitLeScanner<W> {
             elements: self.elements,
             arena: self.arena,
             pixel_data: self.pixel_data,
+            bulk: self.bulk,
         })
     }
 }

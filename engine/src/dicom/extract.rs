@@ -206,8 +206,9 @@ enum State {
     Fast(Box<FastState>),
     /// Buffering the data set for dicom-parser, which runs each time the buffer has doubled.
     General(Box<GeneralState>),
-    /// The general path has found everything; further bytes are ignored.
-    Done(Box<(FileMeta, Scanned, ExtractPath)>),
+    /// The general path has found everything; further bytes are ignored. The last field
+    /// holds the buffered bytes from Pixel Data's value on (the general path reads ahead).
+    Done(Box<(FileMeta, Scanned, ExtractPath, Vec<u8>)>),
 }
 
 struct FastState {
@@ -334,6 +335,38 @@ impl Extractor {
         }
     }
 
+    /// The file meta group, once read.
+    pub fn meta(&self) -> Option<&FileMeta> {
+        match &self.state {
+            State::Meta(_) => None,
+            State::Fast(f) => Some(&f.meta),
+            State::General(g) => Some(&g.meta),
+            State::Done(d) => Some(&d.0),
+        }
+    }
+
+    /// The raw value of a wanted top-level attribute found so far (before [`Self::finish`]).
+    pub fn value_so_far(&self, tag: Tag) -> Option<&[u8]> {
+        match &self.state {
+            State::Fast(f) => f.scanner.value_so_far(tag),
+            State::Done(d) => {
+                let e = d.1.elements.iter().find(|e| e.tag == tag)?;
+                Some(d.1.value(e))
+            }
+            _ => None,
+        }
+    }
+
+    /// After the general path reported Pixel Data: the bytes it had already buffered from
+    /// Pixel Data's value on (the fast path reports Pixel Data in the chunk that reaches it,
+    /// so it has none). Taken once.
+    pub fn take_pixel_tail(&mut self) -> Option<Vec<u8>> {
+        match &mut self.state {
+            State::Done(d) => Some(std::mem::take(&mut d.3)),
+            _ => None,
+        }
+    }
+
     /// Reads the file meta group; a stream with neither preamble nor meta group whose first
     /// element header looks like a data set is taken as one (old tools write such files).
     fn read_meta(&self, bytes: &[u8]) -> Result<Option<FileMeta>, ExtractError> {
@@ -432,11 +465,16 @@ impl Extractor {
                     encoding_mismatch: found.encoding_mismatch,
                 };
                 let meta = std::mem::take(&mut general.meta);
-                let progress = match found.scanned.pixel_data {
-                    Some(at) => Progress::PixelData(at),
-                    None => Progress::NeedMore,
+                let (progress, tail) = match found.scanned.pixel_data {
+                    Some(at) if !found.inflated => {
+                        let from = (at.value_offset - meta.data_set_offset) as usize;
+                        let tail = general.buf.get(from..).unwrap_or_default().to_vec();
+                        (Progress::PixelData(at), tail)
+                    }
+                    Some(at) => (Progress::PixelData(at), Vec::new()),
+                    None => (Progress::NeedMore, Vec::new()),
                 };
-                self.state = State::Done(Box::new((meta, found.scanned, path)));
+                self.state = State::Done(Box::new((meta, found.scanned, path, tail)));
                 Ok(progress)
             }
         }
@@ -498,7 +536,7 @@ impl Extractor {
         }
         match self.state {
             State::Done(done) => {
-                let (meta, data_set, path) = *done;
+                let (meta, data_set, path, _) = *done;
                 Ok(Extracted {
                     meta,
                     data_set,

@@ -22,7 +22,7 @@
 //! contents of an undefined-length UN with the explicit decoder although they are implicit VR,
 //! and takes the end of the bytes inside a sequence for a clean end of the data set. Walking
 //! with `decode_header` / `decode_item_header` / `read_to` / `skip_bytes` keeps those decisions
-//! here. The decoders read from [`SliceReader`], which counts bytes in a shared cell: it is the
+//! here. The decoders read from `SliceReader`, which counts bytes in a shared cell: it is the
 //! source of every offset (the decoder's own `position()` counts declared lengths even when
 //! fewer bytes were there, and is not shared between the decoders used for one data set).
 //!
@@ -327,6 +327,8 @@ fn scan_plain(
         elements: walker.elements,
         arena: walker.arena,
         pixel_data,
+        // Bulk values are the fast path's: the general path keeps its (rare) headers whole.
+        bulk: Vec::new(),
     };
     match end {
         Ok(TopEnd::PixelData(at)) => Ok(Some((scanned(walker, Some(at)), mismatch))),

@@ -18,8 +18,7 @@ use crate::index::attrs::InstanceAttrs;
 
 pub const METADATA_MAGIC: [u8; 4] = *b"KVMD";
 pub const METADATA_FORMAT_VERSION: u16 = 1;
-/// Top-level values at least this long are left in the object and referenced.
-pub const BULK_VALUE_BYTES_MIN: u32 = 16 * 1024;
+pub use super::explicit_le::BULK_VALUE_BYTES_MIN;
 /// Largest decompressed record accepted when reading (a header is bounded by the extractor's
 /// buffer limit; frames by the frame-map limits).
 pub const METADATA_BYTES_MAX: usize = 256 << 20;

@@ -1,13 +1,14 @@
-//! DICOM: streaming extraction of the attributes the archive indexes.
+//! DICOM: reading what the archive indexes from a Part-10 stream, with bounded memory.
 //!
-//! Work in progress for issue 3. Today:
-//! - [`meta`]: the Part-10 preamble and file meta group, with every length bounded;
-//! - [`explicit_le`]: the fast path for Explicit VR Little Endian, which reads elements as the
-//!   bytes stream in, keeps the values of wanted attributes, skips everything else without
-//!   buffering it, walks undefined-length sequences, and stops at Pixel Data.
-//!
-//! Not yet wired into the store; the `dicom-parser` path for other transfer syntaxes, character
-//! sets, the indexed attribute set, frame maps and indices follow.
+//! - [`meta`]: the preamble and file meta group, every length bounded;
+//! - [`explicit_le`]: the zero-copy streaming fast path for Explicit VR Little Endian data sets
+//!   (wanted values kept, the rest skipped as it streams past, stops at Pixel Data);
+//! - [`general`]: dicom-parser for everything else (implicit VR, big endian, deflated, what the
+//!   fast path declines);
+//! - [`extract`]: the [`extract::Extractor`] choosing between them, and the decoded attributes;
+//! - [`charset`]: Specific Character Set decoding;
+//! - [`frames`]: frame maps (native, and a streaming walker over encapsulated fragments);
+//! - [`metadata`]: the metadata record stored beside each instance.
 
 pub mod charset;
 pub mod explicit_le;
@@ -16,6 +17,17 @@ pub mod frames;
 pub mod general;
 pub mod meta;
 pub mod metadata;
+
+/// The standard dictionary's VR of `tag` (the first, for multi-VR entries such as US or SS),
+/// used to read UN values of known attributes (PS3.5 6.2.2).
+pub fn dictionary_vr(tag: Tag) -> Option<[u8; 2]> {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+    let entry = dicom_dictionary_std::StandardDataDictionary
+        .by_tag(dicom_core::Tag(tag.group(), tag.element()))?;
+    let vr = entry.vr().relaxed();
+    let bytes = vr.to_string().as_bytes();
+    (bytes.len() == 2).then(|| [bytes[0], bytes[1]])
+}
 
 /// A DICOM tag as `(group << 16) | element`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -38,13 +38,17 @@ pub struct MemInstance {
     pub attrs: InstanceAttrs,
     pub location: InstanceLocation,
     pub seq: u64,
+    /// Segment holding the record this entry came from (its metadata record); the entry
+    /// leaves the in-memory part when that segment's run is added.
+    pub segment_id: u64,
 }
 
 /// Instances written since the last run, and removals not yet in a run.
 #[derive(Debug, Default)]
 pub struct MemPart {
     instances: BTreeMap<String, MemInstance>,
-    removals: Vec<Removal>,
+    /// Removals not yet in a run, with the segment of the record that caused them.
+    removals: Vec<(Removal, u64)>,
 }
 
 impl MemPart {
@@ -193,6 +197,8 @@ pub struct Catalog {
 struct State {
     /// (run id, run), oldest first.
     runs: Vec<(u64, Arc<Run>)>,
+    /// Segments the runs index.
+    covered: std::collections::BTreeSet<u64>,
     mem: MemPart,
     dead: Dead,
     next_run_id: u64,
@@ -235,11 +241,12 @@ impl Catalog {
         };
         for id in ids {
             let path = dir.join(run_file_name(id));
-            match Run::open(&path).and_then(|run| Ok((run.removals()?, run))) {
-                Ok((removals, run)) => {
+            match Run::open(&path).and_then(|run| Ok((run.removals()?, run.segments()?, run))) {
+                Ok((removals, segments, run)) => {
                     for r in &removals {
                         state.dead.add(r);
                     }
+                    state.covered.extend(segments);
                     state.runs.push((id, Arc::new(run)));
                 }
                 Err(e) => {
@@ -296,8 +303,15 @@ impl Catalog {
         runs.iter().try_for_each(|r| r.verify_all())
     }
 
-    /// Adds (or replaces) an instance. A replaced instance in a run becomes a removal.
-    pub fn insert(&self, attrs: InstanceAttrs, location: InstanceLocation, seq: u64) -> Result<()> {
+    /// Adds (or replaces) an instance whose record is in segment `segment_id`. A replaced
+    /// instance in a run becomes a removal.
+    pub fn insert(
+        &self,
+        attrs: InstanceAttrs,
+        location: InstanceLocation,
+        seq: u64,
+        segment_id: u64,
+    ) -> Result<()> {
         let mut state = self.write();
         let state = &mut *state;
         let sop = attrs.sop_instance_uid.clone();
@@ -306,10 +320,11 @@ impl Catalog {
                 return Ok(());
             }
         }
-        // An older copy in a run (of any study) is dead from now on.
+        // An older copy in a run (of any study) is dead from now on. Recorded even if another
+        // removal already hides it: that one may live in a run that gets rebuilt.
         for (_, run) in state.runs.iter().rev() {
             if let Some(row) = run.find_instance(&sop)? {
-                if row.seq < seq && !state.dead.is_dead(&sop, row.seq) {
+                if row.seq < seq {
                     let old = run.full_attrs(&row)?;
                     let removal = Removal {
                         sop_instance_uid: sop.clone(),
@@ -318,7 +333,7 @@ impl Catalog {
                         seq,
                     };
                     state.dead.add(&removal);
-                    state.mem.removals.push(removal);
+                    state.mem.removals.push((removal, segment_id));
                 }
                 break;
             }
@@ -329,13 +344,15 @@ impl Catalog {
                 attrs,
                 location,
                 seq,
+                segment_id,
             },
         );
         Ok(())
     }
 
-    /// Removes an instance (deleted at `seq`). Returns whether it was indexed.
-    pub fn remove(&self, sop_instance_uid: &str, seq: u64) -> Result<bool> {
+    /// Removes an instance (deleted at `seq` by a record in segment `segment_id`). Returns
+    /// whether it was indexed.
+    pub fn remove(&self, sop_instance_uid: &str, seq: u64, segment_id: u64) -> Result<bool> {
         let mut state = self.write();
         let state = &mut *state;
         let mut found: Option<(String, String)> = None;
@@ -348,18 +365,21 @@ impl Catalog {
                 state.mem.instances.remove(sop_instance_uid);
             }
         }
+        let mut live = found.is_some();
         for (_, run) in state.runs.iter().rev() {
             if let Some(row) = run.find_instance(sop_instance_uid)? {
-                if row.seq < seq && !state.dead.is_dead(sop_instance_uid, row.seq) {
+                if row.seq < seq {
+                    live |= !state.dead.is_dead(sop_instance_uid, row.seq);
                     let old = run.full_attrs(&row)?;
                     found.get_or_insert((old.study_instance_uid, old.series_instance_uid));
                 }
                 break;
             }
         }
-        let Some((study, series)) = found else {
-            return Ok(false);
-        };
+        // Recorded even when no live copy is indexed: a run holding the instance may be
+        // rebuilt later (from segments older than this tombstone), and the removal must then
+        // still hide it. An unknown study/series is resolved when runs are added.
+        let (study, series) = found.unwrap_or_default();
         let removal = Removal {
             sop_instance_uid: sop_instance_uid.to_string(),
             study_instance_uid: study,
@@ -367,35 +387,193 @@ impl Catalog {
             seq,
         };
         state.dead.add(&removal);
-        state.mem.removals.push(removal);
+        state.mem.removals.push((removal, segment_id));
+        Ok(live)
+    }
+
+    /// Writes the in-memory part as a new run covering the segments its entries came from
+    /// (nothing when it is empty).
+    pub fn freeze(&self) -> Result<Option<RunCounts>> {
+        let segments: Vec<u64> = {
+            let state = self.read();
+            if state.mem.is_empty() {
+                return Ok(None);
+            }
+            let mut ids: Vec<u64> = state
+                .mem
+                .instances
+                .values()
+                .map(|m| m.segment_id)
+                .chain(state.mem.removals.iter().map(|(_, id)| *id))
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        };
+        let mut builder = RunBuilder::new();
+        {
+            let state = self.read();
+            for m in state.mem.instances.values() {
+                builder.add(&m.attrs, m.location, m.seq)?;
+            }
+            for (r, _) in &state.mem.removals {
+                builder.remove(r)?;
+            }
+        }
+        self.add_run(builder, &segments).map(Some)
+    }
+
+    /// Adds a run built from whole segments: writes it, maps it, and drops the in-memory
+    /// entries those segments' records had put there.
+    pub fn add_run(&self, mut builder: RunBuilder, segments: &[u64]) -> Result<RunCounts> {
+        let _maintenance = self.maintenance.lock().unwrap_or_else(|p| p.into_inner());
+        for &id in segments {
+            builder.cover(id);
+        }
+        let id = {
+            let mut state = self.write();
+            state.next_run_id += 1;
+            state.next_run_id - 1
+        };
+        let path = self.dir.join(run_file_name(id));
+        let counts = builder.write(&path)?;
+        let run = Arc::new(Run::open(&path)?);
+        let covered = run.segments()?;
+        let mut state = self.write();
+        state.runs.push((id, run));
+        state
+            .mem
+            .instances
+            .retain(|_, m| !segments.contains(&m.segment_id));
+        state.mem.removals.retain(|(_, s)| !segments.contains(s));
+        state.covered.extend(covered);
+        resolve_removals(&mut state)?;
+        state.dead = rebuild_dead(&state)?;
+        Ok(counts)
+    }
+
+    /// Builds and adds the run of one sealed segment from its records: instances (metadata
+    /// records) and removals (their tombstones). An instance that replaces an older indexed
+    /// copy, and a tombstone of an indexed instance, become removals in the run.
+    pub fn add_segment_run(
+        &self,
+        segment_id: u64,
+        records: impl IntoIterator<Item = SegmentRecord>,
+    ) -> Result<RunCounts> {
+        let mut builder = RunBuilder::new();
+        for record in records {
+            match record {
+                SegmentRecord::Instance {
+                    attrs,
+                    location,
+                    seq,
+                } => {
+                    if let Some(old) = self.older_copy(&attrs.sop_instance_uid, seq, segment_id)? {
+                        builder.remove(&Removal { seq, ..old })?;
+                    }
+                    builder.add(&attrs, location, seq)?;
+                }
+                SegmentRecord::Removed {
+                    sop_instance_uid,
+                    seq,
+                } => {
+                    if let Some(old) = self.older_copy(&sop_instance_uid, seq, segment_id)? {
+                        builder.remove(&Removal { seq, ..old })?;
+                    }
+                }
+            }
+        }
+        self.add_run(builder, &[segment_id])
+    }
+
+    /// The newest copy of an instance older than `seq` in runs or in the in-memory part
+    /// (entries from segment `segment_id` excluded), as a removal template.
+    fn older_copy(&self, sop: &str, seq: u64, segment_id: u64) -> Result<Option<Removal>> {
+        let state = self.read();
+        if let Some(m) = state.mem.instances.get(sop) {
+            if m.seq < seq && m.segment_id != segment_id {
+                return Ok(Some(Removal {
+                    sop_instance_uid: sop.to_string(),
+                    study_instance_uid: m.attrs.study_instance_uid.clone(),
+                    series_instance_uid: m.attrs.series_instance_uid.clone(),
+                    seq,
+                }));
+            }
+        }
+        for (_, run) in state.runs.iter().rev() {
+            if let Some(row) = run.find_instance(sop)? {
+                if row.seq < seq {
+                    let old = run.full_attrs(&row)?;
+                    return Ok(Some(Removal {
+                        sop_instance_uid: sop.to_string(),
+                        study_instance_uid: old.study_instance_uid,
+                        series_instance_uid: old.series_instance_uid,
+                        seq,
+                    }));
+                }
+                return Ok(None);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Sets aside (renames `*.kvi.bad`) the run at `path` after a failed check, and forgets
+    /// the segments it covered so they are indexed again. Returns whether such a run was open.
+    pub fn quarantine(&self, path: &str) -> Result<bool> {
+        let _maintenance = self.maintenance.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.write();
+        let Some(at) = state
+            .runs
+            .iter()
+            .position(|(_, r)| r.path().display().to_string() == path)
+        else {
+            return Ok(false);
+        };
+        let (_, run) = state.runs.remove(at);
+        let bad = run.path().with_extension("kvi.bad");
+        std::fs::rename(run.path(), &bad)
+            .map_err(|e| Error::io("set aside index run", path.to_string(), e))?;
+        let mut covered = std::collections::BTreeSet::new();
+        for (_, r) in &state.runs {
+            // A second damaged run shows up on its own first read.
+            covered.extend(r.segments().unwrap_or_default());
+        }
+        state.covered = covered;
+        state.dead = rebuild_dead(&state)?;
         Ok(true)
     }
 
-    /// Writes the in-memory part as a new run (nothing when it is empty).
-    pub fn freeze(&self) -> Result<Option<RunCounts>> {
+    /// Segments some run indexes.
+    pub fn covered_segments(&self) -> std::collections::BTreeSet<u64> {
+        self.read().covered.clone()
+    }
+
+    /// Drops (and deletes) every run that indexes a segment for which `gone` is true (the
+    /// segment was compacted away or lost); returns the segments those runs covered, which
+    /// the caller re-indexes where they still exist.
+    pub fn drop_runs_covering(&self, gone: impl Fn(u64) -> bool) -> Result<Vec<u64>> {
         let _maintenance = self.maintenance.lock().unwrap_or_else(|p| p.into_inner());
-        // Build outside the write lock's critical path would need a second snapshot; the
-        // in-memory part is small (one segment's instances), so building under the lock is
-        // bounded and keeps readers consistent.
         let mut state = self.write();
-        if state.mem.is_empty() {
-            return Ok(None);
+        let mut dropped_segments = Vec::new();
+        let mut keep = Vec::new();
+        for (id, run) in std::mem::take(&mut state.runs) {
+            let segments = run.segments()?;
+            if segments.iter().any(|&s| gone(s)) {
+                dropped_segments.extend(segments);
+                let _ = std::fs::remove_file(self.dir.join(run_file_name(id)));
+            } else {
+                keep.push((id, run));
+            }
         }
-        let mut builder = RunBuilder::new();
-        for m in state.mem.instances.values() {
-            builder.add(&m.attrs, m.location, m.seq)?;
+        state.runs = keep;
+        state.covered = std::collections::BTreeSet::new();
+        let mut covered = Vec::new();
+        for (_, run) in &state.runs {
+            covered.extend(run.segments()?);
         }
-        for r in &state.mem.removals {
-            builder.remove(r)?;
-        }
-        let id = state.next_run_id;
-        let path = self.dir.join(run_file_name(id));
-        let counts = builder.write(&path)?;
-        let run = Run::open(&path)?;
-        state.runs.push((id, Arc::new(run)));
-        state.next_run_id = id + 1;
-        state.mem = MemPart::default();
-        Ok(Some(counts))
+        state.covered.extend(covered);
+        state.dead = rebuild_dead(&state)?;
+        Ok(dropped_segments)
     }
 
     /// Keeps the number of runs logarithmic: while the second-newest run is at most twice
@@ -462,6 +640,9 @@ impl Catalog {
                     builder.remove(&r)?;
                 }
             }
+            for segment in run.segments()? {
+                builder.cover(segment);
+            }
         }
         let path = self.dir.join(run_file_name(id));
         let counts = builder.write(&path)?;
@@ -470,16 +651,7 @@ impl Catalog {
         let merged_ids: HashSet<u64> = runs.iter().map(|(id, _)| *id).collect();
         state.runs.retain(|(id, _)| !merged_ids.contains(id));
         state.runs.push((id, merged));
-        let mut dead = Dead::default();
-        for (_, run) in &state.runs {
-            for r in run.removals()? {
-                dead.add(&r);
-            }
-        }
-        for r in &state.mem.removals {
-            dead.add(r);
-        }
-        state.dead = dead;
+        state.dead = rebuild_dead(&state)?;
         drop(state);
         for (old, _) in runs {
             let _ = std::fs::remove_file(self.dir.join(run_file_name(old)));
@@ -1085,6 +1257,53 @@ impl Exec<'_> {
     }
 }
 
+/// Fills in the study and series of in-memory removals recorded before any copy of their
+/// instance was indexed (see [`Catalog::remove`]).
+fn resolve_removals(state: &mut State) -> Result<()> {
+    let State { runs, mem, .. } = state;
+    for (r, _) in mem.removals.iter_mut() {
+        if !r.study_instance_uid.is_empty() {
+            continue;
+        }
+        for (_, run) in runs.iter().rev() {
+            if let Some(row) = run.find_instance(&r.sop_instance_uid)? {
+                let old = run.full_attrs(&row)?;
+                r.study_instance_uid = old.study_instance_uid;
+                r.series_instance_uid = old.series_instance_uid;
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The dead map from every run's removals and the in-memory part's.
+fn rebuild_dead(state: &State) -> Result<Dead> {
+    let mut dead = Dead::default();
+    for (_, run) in &state.runs {
+        for r in run.removals()? {
+            dead.add(&r);
+        }
+    }
+    for (r, _) in &state.mem.removals {
+        dead.add(r);
+    }
+    Ok(dead)
+}
+
+/// A record of a sealed segment, as the catalog indexes it.
+#[derive(Debug, Clone)]
+pub enum SegmentRecord {
+    /// A metadata record: the instance's attributes, where its object is, its version.
+    Instance {
+        attrs: Box<InstanceAttrs>,
+        location: InstanceLocation,
+        seq: u64,
+    },
+    /// A tombstone of an instance.
+    Removed { sop_instance_uid: String, seq: u64 },
+}
+
 fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
@@ -1181,7 +1400,7 @@ mod tests {
                 for se in 0..3 {
                     for i in 0..4 {
                         *seq += 1;
-                        c.insert(attrs(p, study, se, i), InstanceLocation::default(), *seq)
+                        c.insert(attrs(p, study, se, i), InstanceLocation::default(), *seq, 1)
                             .unwrap();
                     }
                 }
@@ -1292,12 +1511,12 @@ mod tests {
         // Replace one instance (newer copy in memory), delete another, add one to a study.
         let mut replaced = attrs(1, 10, 0, 0);
         replaced.patient_name = "Virtanen^Aino1^Renamed".into();
-        c.insert(attrs(1, 10, 5, 0), InstanceLocation::default(), 1000)
+        c.insert(attrs(1, 10, 5, 0), InstanceLocation::default(), 1000, 2)
             .unwrap();
-        assert!(c.remove("1.2.10.1.0", 1001).unwrap());
-        assert!(!c.remove("1.2.404", 1002).unwrap());
+        assert!(c.remove("1.2.10.1.0", 1001, 2).unwrap());
+        assert!(!c.remove("1.2.404", 1002, 2).unwrap());
         // The newest instance of a study gives the study-level attributes.
-        c.insert(replaced, InstanceLocation::default(), 1003)
+        c.insert(replaced, InstanceLocation::default(), 1003, 2)
             .unwrap();
         let check = |c: &Catalog, stage: &str| {
             eprintln!("stage {stage}");
@@ -1344,6 +1563,7 @@ mod tests {
                     attrs(7, 100 + round, 0, i),
                     InstanceLocation::default(),
                     seq,
+                    u64::from(round),
                 )
                 .unwrap();
             }

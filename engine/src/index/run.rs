@@ -72,8 +72,10 @@ pub enum Section {
     KeyModality,
     /// Instances removed (deleted or replaced) as of this run: (hash, UID, seq).
     Removed,
+    /// The segments whose metadata records the run indexes (sorted `u64` ids).
+    Segments,
 }
-const SECTION_COUNT: usize = 13;
+const SECTION_COUNT: usize = 14;
 const HEADER_SECTIONS_AT: usize = 64;
 
 /// FNV-1a, 64-bit: the run format's key hash (stable by definition, see `docs/format.md`).
@@ -160,6 +162,7 @@ pub struct RunBuilder {
     instances: Vec<InstanceTmp>,
     instance_by_uid: HashMap<u64, u32>,
     removed: Vec<RemovedTmp>,
+    segments: std::collections::BTreeSet<u64>,
     seq_max: u64,
 }
 
@@ -214,8 +217,14 @@ impl RunBuilder {
             instances: Vec::new(),
             instance_by_uid: HashMap::new(),
             removed: Vec::new(),
+            segments: std::collections::BTreeSet::new(),
             seq_max: 0,
         }
+    }
+
+    /// Records that the run indexes segment `segment_id` (whole).
+    pub fn cover(&mut self, segment_id: u64) {
+        self.segments.insert(segment_id);
     }
 
     pub fn instance_count(&self) -> usize {
@@ -818,6 +827,10 @@ impl RunBuilder {
             out.write_all(&r.series.to_le_bytes())?;
             out.write_all(&0u32.to_le_bytes())?;
             out.write_all(&r.seq.to_le_bytes())?;
+        }
+        out.begin(Section::Segments);
+        for id in &self.segments {
+            out.write_all(&id.to_le_bytes())?;
         }
         out.end_section();
         Ok(RunCounts {
@@ -1427,6 +1440,16 @@ impl Run {
         Ok(found)
     }
 
+    /// The segments the run indexes.
+    pub fn segments(&self) -> Result<Vec<u64>> {
+        let (off, len) = self.sections[Section::Segments as usize];
+        if len % 8 != 0 {
+            return Err(self.corrupt(off, "segment list is not whole entries"));
+        }
+        let b = self.bytes(off, len)?;
+        Ok(b.chunks_exact(8).map(|c| le64(c, 0)).collect())
+    }
+
     /// Every removal the run records.
     pub fn removals(&self) -> Result<Vec<Removal>> {
         let (off, len) = self.sections[Section::Removed as usize];
@@ -1578,6 +1601,8 @@ mod tests {
                 }
             }
         }
+        b.cover(7);
+        b.cover(3);
         b.remove(&Removal {
             sop_instance_uid: "1.2.3.gone".into(),
             study_instance_uid: "1.2.3.0".into(),
@@ -1642,6 +1667,7 @@ mod tests {
         assert_eq!(run.removed_at("1.2.3.gone").unwrap(), Some(999));
         assert_eq!(run.removed_at("1.2.3.5.2.3").unwrap(), None);
         assert_eq!(run.removals().unwrap()[0].study_instance_uid, "1.2.3.0");
+        assert_eq!(run.segments().unwrap(), vec![3, 7]);
     }
 
     #[test]

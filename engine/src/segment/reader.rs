@@ -44,6 +44,11 @@ impl SegmentHandle {
         self.sealed_map.get().is_some()
     }
 
+    /// The whole file, once sealed.
+    pub fn sealed_bytes(&self) -> Option<&[u8]> {
+        self.sealed_map.get().map(|m| &m[..])
+    }
+
     /// `len` bytes at `offset`: borrowed from the mapping when sealed, read otherwise.
     pub fn bytes(&self, offset: u64, len: u64) -> Result<Cow<'_, [u8]>> {
         let end = offset

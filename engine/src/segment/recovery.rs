@@ -106,6 +106,22 @@ fn load_directory(
     decode_directory(body, trailer.entry_count)
 }
 
+/// The directory of a sealed segment (the findable records it holds), checked.
+pub fn sealed_directory(segment: &super::reader::SegmentHandle) -> Result<Vec<DirEntry>> {
+    let map = segment
+        .sealed_bytes()
+        .ok_or_else(|| Error::InvalidArgument(format!("segment {} is not sealed", segment.id)))?;
+    let len = map.len() as u64;
+    if len < SEGMENT_HEADER_BYTES + TRAILER_BYTES {
+        return Err(Error::corruption(segment.id, 0, "too short for a trailer"));
+    }
+    let trailer = Trailer::decode(&map[(len - TRAILER_BYTES) as usize..], segment.id, len)
+        .map_err(|reason| Error::corruption(segment.id, len - TRAILER_BYTES, reason))?
+        .ok_or_else(|| Error::corruption(segment.id, len - TRAILER_BYTES, "no trailer"))?;
+    load_directory(map, segment.id, &trailer)
+        .map_err(|reason| Error::corruption(segment.id, trailer.directory_offset, reason))
+}
+
 pub(crate) fn recover(storage: &dyn Storage, segment_size_bytes_max: u64) -> Result<Recovered> {
     let mut report = RecoveryReport::default();
     let names = storage

@@ -587,6 +587,7 @@ impl Writer {
                 .map_err(|e| Error::io("mmap", active.segment.file.name(), e))?;
             assert_eq!(map.len() as u64, final_len, "sealed length");
             active.segment.set_sealed(map);
+            self.shared.notify_sealed(active.segment.id);
         }
         let id = self.shared.allocate_segment_id();
         let size = self.shared.config.segment_size_bytes_max;

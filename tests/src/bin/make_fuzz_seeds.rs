@@ -20,6 +20,7 @@ fn main() -> anyhow::Result<()> {
         requests_queued_max: 4,
         flushers: 1,
         direct_io: false,
+        ..StoreConfig::default()
     };
     let store = Store::open_with(storage.clone(), config)?;
     for i in 0..40u8 {

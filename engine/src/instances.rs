@@ -1,0 +1,744 @@
+//! DICOM instances in the store: the streaming put that extracts as the bytes pass, the
+//! metadata record, and the catalog kept in step with the segments.
+//!
+//! An instance put ([`InstancePut`]) streams the Part-10 bytes into the object namespace under
+//! the SOP Instance UID while the [`Extractor`] reads the header (stopping at Pixel Data) and,
+//! for encapsulated pixel data, a [`FragmentWalker`] reads only item headers. Nothing of the
+//! object is buffered beyond the extractor's bounds. Every check that can refuse the instance
+//! (malformed header, missing UIDs, file meta disagreeing with the data set, broken pixel data)
+//! runs *before* the object is committed, so a refused instance leaves nothing visible.
+//!
+//! After the object is durable, the metadata record ([`InstanceMetadata`]) is written under the
+//! same key in the metadata namespace (header read back from the stored object with bulk
+//! values left out), then the catalog learns the instance. A crash between the two commits
+//! leaves an object without a current metadata record; opening the store re-derives it.
+//!
+//! The catalog indexes whole sealed segments as runs: when the writer seals a segment, the
+//! indexer thread reads the metadata records and tombstones in its directory and adds one run
+//! ([`Catalog::add_segment_run`]); until then the segment's instances live in the catalog's
+//! in-memory part. Opening the store maps the runs, indexes sealed segments no run covers (all
+//! of them if the index directory was lost or its files failed their checks), drops runs
+//! covering segments that no longer exist (compaction), and refills the in-memory part from the
+//! unsealed segments.
+
+use crate::dicom::explicit_le::{PixelDataAt, Progress, ScanLimits};
+use crate::dicom::extract::{ExtractError, ExtractPath, Extracted, Extractor};
+use crate::dicom::frames::{
+    native_frame_map, FragmentWalker, FrameError, FrameLimits, FrameMap, ImageGeometry,
+    WalkProgress,
+};
+use crate::dicom::meta::MetaLimits;
+use crate::dicom::metadata::{BulkRef, InstanceMetadata, MetadataError};
+use crate::dicom::Tag;
+use crate::error::{Error, Result};
+use crate::index::attrs::{tags, InstanceAttrs, InstanceLocation};
+use crate::index::catalog::{Catalog, CatalogLimits, CatalogOpenReport, SegmentRecord};
+use crate::segment::format::{Namespace, RecordKind};
+use crate::segment::reader::Object;
+use crate::segment::recovery::sealed_directory;
+use crate::store::{Committed, PutStream, Shared, Store};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// How instances are read and indexed.
+#[derive(Debug, Clone)]
+pub struct InstanceConfig {
+    /// Where the catalog's runs live; `None` disables the catalog (instances are still stored
+    /// with their metadata). [`Store::open`] defaults it to `<data dir>/index`.
+    pub index_dir: Option<PathBuf>,
+    /// Extra top-level attributes to index beyond the standard ones.
+    pub extra_tags: Vec<Tag>,
+    pub meta_limits: MetaLimits,
+    pub scan_limits: ScanLimits,
+    pub frame_limits: FrameLimits,
+    /// Largest header (data set before Pixel Data, bulk values left out) a metadata record keeps.
+    pub header_bytes_max: u64,
+    pub catalog_limits: CatalogLimits,
+}
+
+impl Default for InstanceConfig {
+    fn default() -> Self {
+        InstanceConfig {
+            index_dir: None,
+            extra_tags: Vec::new(),
+            meta_limits: MetaLimits::default(),
+            scan_limits: ScanLimits::default(),
+            frame_limits: FrameLimits::default(),
+            header_bytes_max: 64 << 20,
+            catalog_limits: CatalogLimits::default(),
+        }
+    }
+}
+
+/// Why an instance was refused. Protocol layers map these to their status codes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DicomError {
+    /// The bytes are not a readable DICOM object (or exceed a limit while being read).
+    #[error(transparent)]
+    Extract(#[from] ExtractError),
+    /// A required attribute is missing or empty.
+    #[error("required attribute {0} is missing or empty")]
+    MissingAttribute(&'static str),
+    /// The file meta group and the data set disagree.
+    #[error("{what}: file meta information says {file_meta:?}, the data set says {data_set:?}")]
+    Mismatch {
+        what: &'static str,
+        file_meta: String,
+        data_set: String,
+    },
+    /// Pixel Data is malformed (frames cannot be located).
+    #[error("pixel data: {0}")]
+    Frames(#[from] FrameError),
+    /// Native Pixel Data declares more bytes than the object has.
+    #[error("Pixel Data declares {declared_bytes} bytes from offset {value_offset}, but the object ends at {object_len}")]
+    PixelDataTruncated {
+        value_offset: u64,
+        declared_bytes: u64,
+        object_len: u64,
+    },
+    /// A stored metadata record cannot be read.
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    /// The object has no file meta group and its SOP Instance UID was not found early enough
+    /// to name it.
+    #[error("no file meta information, and no SOP Instance UID in the first {0} bytes")]
+    NoKey(usize),
+}
+
+/// What a stored instance looks like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceStored {
+    pub committed: Committed,
+    pub attrs: InstanceAttrs,
+    pub path: ExtractPath,
+    pub frames: usize,
+    pub bulk_values: usize,
+}
+
+/// The catalog and its indexer thread.
+pub(crate) struct Instances {
+    pub config: InstanceConfig,
+    pub catalog: Option<Arc<Catalog>>,
+    pub open_report: CatalogOpenReport,
+    indexer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Instances {
+    /// Opens the catalog and brings it in step with the segments (see the module docs).
+    pub fn open(store: &Store, config: InstanceConfig) -> Result<Instances> {
+        let shared = store.shared_arc();
+        let Some(dir) = config.index_dir.clone() else {
+            return Ok(Instances {
+                config,
+                catalog: None,
+                open_report: CatalogOpenReport::default(),
+                indexer: None,
+            });
+        };
+        let (catalog, open_report) = Catalog::open(&dir, config.catalog_limits)?;
+        let catalog = Arc::new(catalog);
+        // Runs over segments that are gone (compacted) are dropped; what they covered and
+        // still exists is indexed again below.
+        catalog.drop_runs_covering(|id| shared.segment(id).is_none())?;
+        index_sealed_segments(&shared, &catalog)?;
+        refill_memory_part(store, &catalog, &config)?;
+        catalog.maybe_merge()?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<u64>(SEAL_NOTICES_QUEUED_MAX);
+        shared.set_seal_listener(tx);
+        let indexer_shared = shared.clone();
+        let indexer_catalog = catalog.clone();
+        let indexer = std::thread::Builder::new()
+            .name("kuvasto-indexer".into())
+            .spawn(move || {
+                // Each notice means "a segment was sealed"; indexing every uncovered sealed
+                // segment makes a dropped notice harmless.
+                while rx.recv().is_ok() {
+                    let indexed = index_sealed_segments(&indexer_shared, &indexer_catalog)
+                        .and_then(|_| indexer_catalog.maybe_merge());
+                    if let Err(e) = indexed {
+                        // The runs are derived data: the next open retries. Queries keep
+                        // answering from the in-memory part meanwhile.
+                        eprintln!("kuvasto: indexing a sealed segment failed: {e}");
+                    }
+                }
+            })
+            .map_err(|e| Error::io("spawn indexer", "kuvasto-indexer", e))?;
+        Ok(Instances {
+            config,
+            catalog: Some(catalog),
+            open_report,
+            indexer: Some(indexer),
+        })
+    }
+
+    /// Stops the indexer (the writer has stopped; its seal listener was dropped).
+    pub fn shutdown(&mut self, shared: &Shared) {
+        shared.clear_seal_listener();
+        if let Some(indexer) = self.indexer.take() {
+            let _ = indexer.join();
+        }
+    }
+}
+
+/// Seal notices waiting for the indexer, at most (more are dropped: see the indexer loop).
+const SEAL_NOTICES_QUEUED_MAX: usize = 64;
+
+/// Adds a run for every sealed segment no run covers yet, oldest first.
+fn index_sealed_segments(shared: &Shared, catalog: &Catalog) -> Result<()> {
+    let covered = catalog.covered_segments();
+    let sealed: Vec<_> = shared
+        .read_segments()
+        .values()
+        .filter(|s| s.is_sealed() && !covered.contains(&s.id))
+        .cloned()
+        .collect();
+    for segment in sealed {
+        let mut records = Vec::new();
+        for entry in sealed_directory(&segment)? {
+            if entry.namespace != Namespace::METADATA {
+                continue;
+            }
+            let Ok(uid) = String::from_utf8(entry.key.clone()) else {
+                continue; // not an instance key: nothing to index
+            };
+            match entry.kind {
+                RecordKind::Tombstone => records.push(SegmentRecord::Removed {
+                    sop_instance_uid: uid,
+                    seq: entry.seq,
+                }),
+                RecordKind::Blob | RecordKind::Manifest => {
+                    let lookup = |id: u64| shared.segment(id);
+                    let Ok(object) = Object::open(
+                        &lookup,
+                        segment.id,
+                        entry.offset,
+                        Namespace::METADATA,
+                        &entry.key,
+                        entry.seq,
+                    )?
+                    else {
+                        continue;
+                    };
+                    // A record that is not a metadata record (the raw byte API accepts any
+                    // bytes in any namespace) is not indexed; its checksums passed, so it is
+                    // not damage.
+                    let Ok(metadata) = InstanceMetadata::decode(&object.read_all()?) else {
+                        continue;
+                    };
+                    records.push(SegmentRecord::Instance {
+                        location: metadata_location(&metadata),
+                        seq: metadata.object_seq,
+                        attrs: Box::new(metadata.attrs),
+                    });
+                }
+                _ => {}
+            }
+        }
+        catalog.add_segment_run(segment.id, records)?;
+    }
+    Ok(())
+}
+
+fn metadata_location(m: &InstanceMetadata) -> InstanceLocation {
+    InstanceLocation {
+        segment_id: 0,
+        offset: 0,
+        object_len: m.object_len,
+    }
+}
+
+/// Puts the instances of unsealed segments into the catalog's in-memory part, re-deriving
+/// metadata that a crash left missing or stale.
+fn refill_memory_part(store: &Store, catalog: &Catalog, config: &InstanceConfig) -> Result<()> {
+    let shared = store.shared();
+    let unsealed: Vec<u64> = shared
+        .read_segments()
+        .values()
+        .filter(|s| !s.is_sealed())
+        .map(|s| s.id)
+        .collect();
+    let newest_two: Vec<u64> = shared
+        .read_segments()
+        .keys()
+        .rev()
+        .take(2)
+        .copied()
+        .collect();
+    let entries: Vec<_> = shared
+        .read_index()
+        .iter()
+        .filter(|((ns, _), e)| {
+            (*ns == Namespace::METADATA && unsealed.contains(&e.segment_id))
+                || (*ns == Namespace::OBJECT && newest_two.contains(&e.segment_id))
+        })
+        .map(|((ns, key), e)| (*ns, key.to_vec(), *e))
+        .collect();
+    for (ns, key, entry) in entries {
+        let Ok(uid) = String::from_utf8(key.clone()) else {
+            continue;
+        };
+        if ns == Namespace::METADATA {
+            if entry.kind == RecordKind::Tombstone {
+                catalog.remove(&uid, entry.seq, entry.segment_id)?;
+                continue;
+            }
+            let Some(object) = shared.get(Namespace::METADATA, &key)? else {
+                continue;
+            };
+            let Ok(metadata) = InstanceMetadata::decode(&object.read_all()?) else {
+                continue; // not a metadata record: see index_sealed_segments
+            };
+            catalog.insert(
+                metadata.attrs.clone(),
+                metadata_location(&metadata),
+                metadata.object_seq,
+                entry.segment_id,
+            )?;
+            continue;
+        }
+        // An object in the newest segments: is its metadata current?
+        if entry.kind == RecordKind::Tombstone {
+            continue;
+        }
+        let current = match shared.get(Namespace::METADATA, &key)? {
+            Some(m) => InstanceMetadata::decode(&m.read_all()?)
+                .map(|m| m.object_seq == entry.seq)
+                .unwrap_or(false),
+            None => false,
+        };
+        if current {
+            continue;
+        }
+        let Some(object) = shared.get(Namespace::OBJECT, &key)? else {
+            continue;
+        };
+        // Re-derive. Objects put through the raw byte API (not `put_instance`) need not be
+        // DICOM: those are left unindexed, never a reason to refuse opening.
+        let derived = match derive_from_object(config, &object) {
+            Ok(derived) => derived,
+            Err(Error::Dicom(_) | Error::Limit { .. }) => continue,
+            Err(other) => return Err(other),
+        };
+        let store_put = store.put(Namespace::METADATA, &key, &derived.encode())?;
+        catalog.insert(
+            derived.attrs.clone(),
+            metadata_location(&derived),
+            derived.object_seq,
+            store_put.segment_id,
+        )?;
+    }
+    Ok(())
+}
+
+/// Reads a stored object again to build its metadata record (repair path).
+fn derive_from_object(config: &InstanceConfig, object: &Object) -> Result<InstanceMetadata> {
+    let mut reader = Reader::new(config);
+    object.visit_range(0..object.len(), &mut |piece| reader.feed(piece))?;
+    let read = reader.finish(object.len())?;
+    build_metadata(config, object, read, object.seq)
+}
+
+/// The extraction side of a put: header, frames, and the checks that refuse an instance.
+struct Reader {
+    extractor: Extractor,
+    extracting: bool,
+    pixel: Option<PixelDataAt>,
+    walker: Option<FragmentWalker>,
+    walker_done: bool,
+    frame_limits: FrameLimits,
+    extra_tags: Vec<Tag>,
+    /// Stream offset of the next byte.
+    len: u64,
+}
+
+/// What the reader found, checked.
+struct Read {
+    extracted: Extracted,
+    attrs: InstanceAttrs,
+    frames: Option<FrameMap>,
+}
+
+impl Reader {
+    fn new(config: &InstanceConfig) -> Reader {
+        Reader {
+            extractor: Extractor::with_extra(
+                config.meta_limits,
+                config.scan_limits,
+                &config.extra_tags,
+            ),
+            extracting: true,
+            pixel: None,
+            walker: None,
+            walker_done: false,
+            frame_limits: config.frame_limits,
+            extra_tags: config.extra_tags.clone(),
+            len: 0,
+        }
+    }
+
+    fn feed(&mut self, bytes: &[u8]) -> Result<()> {
+        let start = self.len;
+        self.len += bytes.len() as u64;
+        if self.extracting {
+            match self.extractor.feed(bytes).map_err(DicomError::from)? {
+                Progress::NeedMore => {}
+                Progress::PixelData(at) => {
+                    self.extracting = false;
+                    self.pixel = Some(at);
+                    self.start_walker(at, start, bytes)?;
+                }
+            }
+        } else if let (Some(walker), false) = (&mut self.walker, self.walker_done) {
+            if walker.feed(bytes).map_err(DicomError::from)? == WalkProgress::Done {
+                self.walker_done = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn start_walker(&mut self, at: PixelDataAt, start: u64, bytes: &[u8]) -> Result<()> {
+        if at.length.is_some() {
+            return Ok(()); // native: the map is computed at the end
+        }
+        if matches!(
+            self.extractor_path(),
+            Some(ExtractPath::General { inflated: true, .. })
+        ) {
+            return Ok(()); // offsets are in the inflated data set: no frame map
+        }
+        let frames = self
+            .extractor
+            .value_so_far(tags::NUMBER_OF_FRAMES)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.trim_matches([' ', '\0']).parse::<u32>().ok())
+            .unwrap_or(1);
+        let eot = self.extractor.value_so_far(Tag::new(0x7FE0, 0x0001));
+        let eot_lengths = self.extractor.value_so_far(Tag::new(0x7FE0, 0x0002));
+        let extended = eot.zip(eot_lengths);
+        let mut walker = FragmentWalker::new(&at, frames, extended, self.frame_limits)
+            .map_err(DicomError::from)?;
+        let first = match self.extractor.take_pixel_tail() {
+            Some(tail) => tail,
+            None => {
+                let from = at.value_offset.saturating_sub(start) as usize;
+                bytes.get(from..).unwrap_or_default().to_vec()
+            }
+        };
+        if walker.feed(&first).map_err(DicomError::from)? == WalkProgress::Done {
+            self.walker_done = true;
+        }
+        self.walker = Some(walker);
+        Ok(())
+    }
+
+    fn extractor_path(&self) -> Option<ExtractPath> {
+        // The path is only final after finish; a deflated syntax always takes the general
+        // path, which is what matters here.
+        let ts = self.extractor.meta()?.transfer_syntax_uid.as_str();
+        matches!(
+            ts,
+            crate::dicom::meta::ts::DEFLATED_EXPLICIT_VR_LE | crate::dicom::meta::ts::JPIP_DEFLATE
+        )
+        .then_some(ExtractPath::General {
+            inflated: true,
+            encoding_mismatch: false,
+        })
+    }
+
+    /// The SOP Instance UID to store the object under, once known.
+    fn key(&self) -> Option<String> {
+        let meta = self.extractor.meta()?;
+        let from_meta = meta
+            .media_storage_sop_instance_uid
+            .trim_end_matches(['\0', ' ']);
+        if !from_meta.is_empty() {
+            return Some(from_meta.to_string());
+        }
+        let raw = self.extractor.value_so_far(tags::SOP_INSTANCE_UID)?;
+        let uid = std::str::from_utf8(raw).ok()?.trim_end_matches(['\0', ' ']);
+        (!uid.is_empty()).then(|| uid.to_string())
+    }
+
+    fn finish(self, object_len: u64) -> Result<Read> {
+        let extracted = self.extractor.finish().map_err(DicomError::from)?;
+        let attrs = extracted.attrs(&self.extra_tags);
+        for (value, name) in [
+            (&attrs.sop_instance_uid, "SOPInstanceUID (0008,0018)"),
+            (&attrs.sop_class_uid, "SOPClassUID (0008,0016)"),
+            (&attrs.study_instance_uid, "StudyInstanceUID (0020,000D)"),
+            (&attrs.series_instance_uid, "SeriesInstanceUID (0020,000E)"),
+        ] {
+            if value.is_empty() {
+                return Err(DicomError::MissingAttribute(name).into());
+            }
+        }
+        let meta = &extracted.meta;
+        for (what, in_meta, in_data_set) in [
+            (
+                "SOP Instance UID",
+                &meta.media_storage_sop_instance_uid,
+                &attrs.sop_instance_uid,
+            ),
+            (
+                "SOP Class UID",
+                &meta.media_storage_sop_class_uid,
+                &attrs.sop_class_uid,
+            ),
+        ] {
+            let in_meta = in_meta.trim_end_matches(['\0', ' ']);
+            if !in_meta.is_empty() && in_meta != in_data_set {
+                return Err(DicomError::Mismatch {
+                    what,
+                    file_meta: in_meta.to_string(),
+                    data_set: in_data_set.clone(),
+                }
+                .into());
+            }
+        }
+        let frames = match (self.pixel.or(extracted.pixel_data()), self.walker) {
+            (Some(_), Some(walker)) => Some(walker.finish().map_err(DicomError::from)?),
+            (Some(at), None) if at.length.is_some() && !extracted_inflated(&extracted) => {
+                let length = u64::from(at.length.unwrap_or(0));
+                if at.value_offset + length > object_len {
+                    return Err(DicomError::PixelDataTruncated {
+                        value_offset: at.value_offset,
+                        declared_bytes: length,
+                        object_len,
+                    }
+                    .into());
+                }
+                match geometry(&extracted, &attrs) {
+                    Some(g) => Some(
+                        native_frame_map(&at, &g, &FrameLimits::default())
+                            .map_err(DicomError::from)?,
+                    ),
+                    None => None,
+                }
+            }
+            _ => None,
+        };
+        Ok(Read {
+            extracted,
+            attrs,
+            frames,
+        })
+    }
+}
+
+fn extracted_inflated(e: &Extracted) -> bool {
+    matches!(e.path, ExtractPath::General { inflated: true, .. })
+}
+
+/// Image geometry for a native frame map, when the header has it.
+fn geometry(e: &Extracted, attrs: &InstanceAttrs) -> Option<ImageGeometry> {
+    let photometric = e.text(Tag::new(0x0028, 0x0004)).unwrap_or_default();
+    Some(ImageGeometry {
+        rows: attrs.rows?,
+        columns: attrs.columns?,
+        samples_per_pixel: e.u16(tags::SAMPLES_PER_PIXEL).unwrap_or(1),
+        bits_allocated: e.u16(tags::BITS_ALLOCATED)?,
+        number_of_frames: attrs.number_of_frames.unwrap_or(1).max(1),
+        ybr_422: photometric.starts_with("YBR_FULL_422")
+            || photometric.starts_with("YBR_PARTIAL_422"),
+    })
+}
+
+/// Builds the metadata record of a committed object: the header is read back from the stored
+/// bytes, bulk values left out.
+fn build_metadata(
+    config: &InstanceConfig,
+    object: &Object,
+    read: Read,
+    object_seq: u64,
+) -> Result<InstanceMetadata> {
+    let Read {
+        extracted,
+        attrs,
+        frames,
+    } = read;
+    let inflated = extracted_inflated(&extracted);
+    let data_set_offset = extracted.meta.data_set_offset;
+    let pixel = extracted.pixel_data();
+    let mut header = Vec::new();
+    let mut bulk = Vec::new();
+    if !inflated {
+        let end = pixel
+            .map_or(object.len(), |p| p.element_offset)
+            .min(object.len());
+        let mut cursor = data_set_offset.min(end);
+        for b in &extracted.data_set.bulk {
+            if b.value_offset + u64::from(b.length) > end || b.element_offset < cursor {
+                continue;
+            }
+            // The element's header with its length set to 0, then skip the value.
+            let header_start = header.len();
+            read_into(
+                object,
+                cursor..b.value_offset,
+                &mut header,
+                config.header_bytes_max,
+            )?;
+            let element = header_start + (b.element_offset - cursor) as usize;
+            let header_len = (b.value_offset - b.element_offset) as usize;
+            let length_at = element + if header_len == 12 { 8 } else { 6 };
+            header[length_at..element + header_len].fill(0);
+            bulk.push(BulkRef {
+                tag: b.tag,
+                vr: b.vr,
+                object_offset: b.value_offset,
+                length: u64::from(b.length),
+            });
+            cursor = b.value_offset + u64::from(b.length);
+        }
+        read_into(object, cursor..end, &mut header, config.header_bytes_max)?;
+    }
+    let (frames_encapsulated, frames) = match frames {
+        Some(map) => (map.encapsulated, map.frames),
+        None => (false, Vec::new()),
+    };
+    Ok(InstanceMetadata {
+        object_seq,
+        object_len: object.len(),
+        attrs,
+        data_set_offset,
+        inflated,
+        pixel_data: pixel,
+        frames_encapsulated,
+        frames,
+        header,
+        bulk,
+    })
+}
+
+fn read_into(
+    object: &Object,
+    range: std::ops::Range<u64>,
+    out: &mut Vec<u8>,
+    bytes_max: u64,
+) -> Result<()> {
+    if range.is_empty() {
+        return Ok(());
+    }
+    let total = out.len() as u64 + (range.end - range.start);
+    if total > bytes_max {
+        return Err(Error::Limit {
+            what: "bytes of an instance's header kept in its metadata record",
+            value: total,
+            max: bytes_max,
+        });
+    }
+    object.visit_range(range, &mut |piece| {
+        out.extend_from_slice(piece);
+        Ok(())
+    })
+}
+
+/// An instance put in progress (see the module documentation). Dropping it without
+/// [`InstancePut::finish`] abandons it: nothing becomes visible.
+pub struct InstancePut<'s> {
+    store: &'s Store,
+    reader: Reader,
+    stream: Option<PutStream>,
+    /// Bytes received before the key was known (the file meta group, normally).
+    held: Vec<u8>,
+    held_bytes_max: usize,
+}
+
+impl<'s> InstancePut<'s> {
+    pub(crate) fn new(store: &'s Store) -> InstancePut<'s> {
+        let config = &store.instances().config;
+        InstancePut {
+            store,
+            reader: Reader::new(config),
+            stream: None,
+            held: Vec::new(),
+            held_bytes_max: config.scan_limits.buffered_bytes_max,
+        }
+    }
+
+    /// Appends the next bytes of the Part-10 stream.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.reader.feed(bytes)?;
+        if let Some(stream) = &mut self.stream {
+            return stream.write(bytes);
+        }
+        if let Some(key) = self.reader.key() {
+            let mut stream = self.store.put_stream(Namespace::OBJECT, key.as_bytes())?;
+            stream.write(&std::mem::take(&mut self.held))?;
+            stream.write(bytes)?;
+            self.stream = Some(stream);
+            return Ok(());
+        }
+        if self.held.len() + bytes.len() > self.held_bytes_max {
+            return Err(DicomError::NoKey(self.held_bytes_max).into());
+        }
+        self.held.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    /// Checks the instance, commits the object, writes its metadata record and indexes it;
+    /// returns once all of that is durable.
+    pub fn finish(mut self) -> Result<InstanceStored> {
+        let object_len = self.reader.len;
+        let read = self.reader.finish(object_len)?;
+        let key = read.attrs.sop_instance_uid.clone();
+        let stream = match self.stream.take() {
+            Some(stream) => stream,
+            None => {
+                let mut stream = self.store.put_stream(Namespace::OBJECT, key.as_bytes())?;
+                stream.write(&std::mem::take(&mut self.held))?;
+                stream
+            }
+        };
+        let committed = stream.finish()?;
+        let Some(object) = self.store.get(Namespace::OBJECT, key.as_bytes())? else {
+            return Err(Error::InvalidArgument(format!(
+                "instance {key} vanished right after its commit (deleted concurrently)"
+            )));
+        };
+        let config = &self.store.instances().config;
+        let path = read.extracted.path;
+        let metadata = build_metadata(config, &object, read, committed.seq)?;
+        let frames = metadata.frames.len();
+        let bulk_values = metadata.bulk.len();
+        let md_committed =
+            self.store
+                .put(Namespace::METADATA, key.as_bytes(), &metadata.encode())?;
+        if let Some(catalog) = &self.store.instances().catalog {
+            catalog.insert(
+                metadata.attrs.clone(),
+                InstanceLocation {
+                    segment_id: committed.segment_id,
+                    offset: committed.offset,
+                    object_len: committed.len,
+                },
+                committed.seq,
+                md_committed.segment_id,
+            )?;
+        }
+        Ok(InstanceStored {
+            committed,
+            attrs: metadata.attrs,
+            path,
+            frames,
+            bulk_values,
+        })
+    }
+}
+
+/// The current metadata record of an instance (`None` if there is no such instance or its
+/// record is not current: the object was replaced and the record not yet rewritten).
+pub(crate) fn metadata_of(
+    store: &Store,
+    sop_instance_uid: &str,
+) -> Result<Option<InstanceMetadata>> {
+    let key = sop_instance_uid.as_bytes();
+    let Some(object) = store.get(Namespace::OBJECT, key)? else {
+        return Ok(None);
+    };
+    let Some(record) = store.get(Namespace::METADATA, key)? else {
+        return Ok(None);
+    };
+    let metadata = InstanceMetadata::decode(&record.read_all()?).map_err(DicomError::from)?;
+    Ok((metadata.object_seq == object.seq).then_some(metadata))
+}
