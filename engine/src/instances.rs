@@ -226,7 +226,7 @@ fn index_sealed_segments(shared: &Shared, catalog: &Catalog) -> Result<()> {
                         continue;
                     };
                     records.push(SegmentRecord::Instance {
-                        location: metadata_location(&metadata),
+                        location: object_location(shared, &metadata),
                         seq: metadata.object_seq,
                         attrs: Box::new(metadata.attrs),
                     });
@@ -239,11 +239,21 @@ fn index_sealed_segments(shared: &Shared, catalog: &Catalog) -> Result<()> {
     Ok(())
 }
 
-fn metadata_location(m: &InstanceMetadata) -> InstanceLocation {
-    InstanceLocation {
-        segment_id: 0,
-        offset: 0,
-        object_len: m.object_len,
+/// Where the object a metadata record describes is now (the locator knows; compaction may
+/// have moved it since the record was written). Zeroes when that version is gone: the row is
+/// then dead anyway (a newer copy or a tombstone exists).
+fn object_location(shared: &Shared, m: &InstanceMetadata) -> InstanceLocation {
+    let key = m.attrs.sop_instance_uid.as_bytes();
+    match shared.read_index().get(Namespace::OBJECT, key) {
+        Some(e) if e.seq == m.object_seq && e.kind != RecordKind::Tombstone => InstanceLocation {
+            segment_id: e.segment_id,
+            offset: e.offset,
+            object_len: e.object_len,
+        },
+        _ => InstanceLocation {
+            object_len: m.object_len,
+            ..InstanceLocation::default()
+        },
     }
 }
 
@@ -290,7 +300,7 @@ fn refill_memory_part(store: &Store, catalog: &Catalog, config: &InstanceConfig)
             };
             catalog.insert(
                 metadata.attrs.clone(),
-                metadata_location(&metadata),
+                object_location(shared, &metadata),
                 metadata.object_seq,
                 entry.segment_id,
             )?;
@@ -322,7 +332,7 @@ fn refill_memory_part(store: &Store, catalog: &Catalog, config: &InstanceConfig)
         let store_put = store.put(Namespace::METADATA, &key, &derived.encode())?;
         catalog.insert(
             derived.attrs.clone(),
-            metadata_location(&derived),
+            object_location(shared, &derived),
             derived.object_seq,
             store_put.segment_id,
         )?;

@@ -245,6 +245,8 @@ pub struct ExplicitLeScanner<W: Fn(Tag) -> bool> {
     pending_offset: u64,
     /// Bytes of an unwanted value still to be skipped before `pending` continues.
     skip: u64,
+    /// The element being skipped (tag, stream offset), for errors.
+    skipping: Option<(Tag, u64)>,
     elements: Vec<Element>,
     arena: Vec<u8>,
     pixel_data: Option<PixelDataAt>,
@@ -261,6 +263,7 @@ impl<W: Fn(Tag) -> bool> ExplicitLeScanner<W> {
             pending: Vec::new(),
             pending_offset: start_offset,
             skip: 0,
+            skipping: None,
             elements: Vec::with_capacity(32),
             arena: Vec::with_capacity(1024),
             pixel_data: None,
@@ -344,6 +347,17 @@ impl<W: Fn(Tag) -> bool> ExplicitLeScanner<W> {
                 return Err(ScanError::Malformed {
                     offset,
                     reason: format!("{} outside a sequence", header.tag),
+                });
+            }
+            if header.tag.group() == 0x0002 {
+                // PS3.10 7.1: group 0002 is the file meta group's alone; met here, the group
+                // length (0002,0000) lied.
+                return Err(ScanError::Malformed {
+                    offset,
+                    reason: format!(
+                        "file meta element {} inside the data set (the file meta group length is wrong)",
+                        header.tag
+                    ),
                 });
             }
             let value_at = at + header.header_len;
@@ -431,6 +445,7 @@ impl<W: Fn(Tag) -> bool> ExplicitLeScanner<W> {
             }
             // Skip the rest of this value as it streams past, holding nothing.
             self.skip = (length - available) as u64;
+            self.skipping = Some((header.tag, offset));
             return Ok((data.len(), Progress::NeedMore));
         }
     }
@@ -541,17 +556,32 @@ impl<W: Fn(Tag) -> bool> ExplicitLeScanner<W> {
 
     /// Ends the stream: the data set had no Pixel Data, or it did and was scanned already.
     pub fn finish(self) -> Result<Scanned, ScanError> {
-        if self.pixel_data.is_none() && (self.skip > 0 || !self.pending.is_empty()) {
+        if self.pixel_data.is_none() && self.skip > 0 {
+            let (tag, element_offset) = self.skipping.unwrap_or((Tag(0), self.pending_offset));
+            return Err(ScanError::Malformed {
+                offset: element_offset,
+                reason: format!(
+                    "stream ends {} bytes before the end of {tag}'s value",
+                    self.skip
+                ),
+            });
+        }
+        if self.pixel_data.is_none() && !self.pending.is_empty() {
+            let reason = if self.pending.len() >= 4 {
+                format!(
+                    "stream ends inside {} ({} bytes of it received)",
+                    read_tag(&self.pending, 0),
+                    self.pending.len()
+                )
+            } else {
+                format!(
+                    "stream ends inside an element header ({} bytes of it received)",
+                    self.pending.len()
+                )
+            };
             return Err(ScanError::Malformed {
                 offset: self.pending_offset,
-                reason: if self.skip > 0 {
-                    format!("stream ended {} bytes inside a value", self.skip)
-                } else {
-                    format!(
-                        "stream ended inside an element ({} bytes left)",
-                        self.pending.len()
-                    )
-                },
+                reason,
             });
         }
         Ok(Scanned {

@@ -739,6 +739,13 @@ impl<'a, 'w> Walker<'a, 'w> {
         if tag.group() == 0xFFFE {
             return Err(self.malformed(header.at, format!("{tag} outside a sequence")));
         }
+        if tag.group() == 0x0002 {
+            // PS3.10 7.1: group 0002 belongs to the file meta group; as in the fast path.
+            return Err(self.malformed(
+                header.at,
+                format!("file meta element {tag} inside the data set (the file meta group length is wrong)"),
+            ));
+        }
         let un = encoding.explicit() && header.vr == VR::UN;
         // An explicit UN of a known tag: its bytes are implicit VR little endian, so the
         // dictionary's VR describes them, and they need no swapping.
