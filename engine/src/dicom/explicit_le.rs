@@ -130,19 +130,23 @@ const UNDEFINED: u32 = u32::MAX;
 /// Most bulk values recorded (each is at least 16 KiB, so this is over 64 GiB of them).
 const BULK_VALUES_MAX: usize = 1 << 22;
 
+#[inline]
 fn le_u16(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
 }
 
+#[inline]
 fn le_u32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
+#[inline]
 fn read_tag(b: &[u8], at: usize) -> Tag {
     Tag::new(le_u16(b, at), le_u16(b, at + 2))
 }
 
 /// VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
+#[inline]
 fn has_long_length(vr: [u8; 2]) -> bool {
     matches!(
         &vr,
@@ -193,6 +197,7 @@ enum Need<T> {
     More,
 }
 
+#[inline]
 fn read_header(b: &[u8], at: usize, offset: u64) -> Result<Need<Header>, ScanError> {
     if b.len() < at + 8 {
         return Ok(Need::More);
@@ -211,7 +216,7 @@ fn read_header(b: &[u8], at: usize, offset: u64) -> Result<Need<Header>, ScanErr
         return Err(ScanError::Decline {
             offset,
             reason: format!(
-                "{tag} has no explicit VR (bytes {:02X} {:02X})",
+                "{tag} has no valid explicit VR (bytes {:02X} {:02X})",
                 vr[0], vr[1]
             ),
         });
@@ -236,6 +241,76 @@ fn read_header(b: &[u8], at: usize, offset: u64) -> Result<Need<Header>, ScanErr
     }
 }
 
+/// An open undefined-length sequence or item.
+#[derive(Debug, Clone, Copy)]
+struct Nest {
+    tag: Tag,
+    /// Stream offset of its header.
+    offset: u64,
+    kind: NestKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NestKind {
+    /// Items up to a sequence delimiter; `implicit`: their elements are implicit VR LE (a UN
+    /// sequence).
+    Sequence { implicit: bool },
+    /// Elements up to an item delimiter.
+    Item { implicit: bool },
+}
+
+/// What one step of the scan did.
+enum Step {
+    /// Consumed up to this position of the data.
+    Next(usize),
+    /// The next header or wanted value is not complete in the data.
+    More,
+    /// All the data was consumed into a value still streaming past (`skip` is set).
+    Skipping,
+    /// Top-level Pixel Data; the scan stops after its header.
+    PixelData(usize, PixelDataAt),
+}
+
+/// The common case of [`read_header`], for the hot loops: a complete header with a valid
+/// explicit VR (or an item/delimiter tag). `None` sends the caller to `read_header`, which
+/// tells "need more bytes" from "not explicit VR".
+#[inline(always)]
+fn quick_header(b: &[u8], at: usize) -> Option<Header> {
+    let h = b.get(at..at + 8)?;
+    let tag = Tag::new(
+        u16::from_le_bytes([h[0], h[1]]),
+        u16::from_le_bytes([h[2], h[3]]),
+    );
+    if tag.group() == 0xFFFE {
+        return Some(Header {
+            tag,
+            vr: *b"  ",
+            length: u32::from_le_bytes([h[4], h[5], h[6], h[7]]),
+            header_len: 8,
+        });
+    }
+    let vr = [h[4], h[5]];
+    if !(vr[0].is_ascii_uppercase() && vr[1].is_ascii_uppercase()) {
+        return None;
+    }
+    if has_long_length(vr) {
+        let l = b.get(at + 8..at + 12)?;
+        Some(Header {
+            tag,
+            vr,
+            length: u32::from_le_bytes([l[0], l[1], l[2], l[3]]),
+            header_len: 12,
+        })
+    } else {
+        Some(Header {
+            tag,
+            vr,
+            length: u32::from(u16::from_le_bytes([h[6], h[7]])),
+            header_len: 8,
+        })
+    }
+}
+
 /// The streaming scanner (see the module documentation).
 pub struct ExplicitLeScanner<W: Fn(Tag) -> bool> {
     wanted: W,
@@ -247,6 +322,8 @@ pub struct ExplicitLeScanner<W: Fn(Tag) -> bool> {
     skip: u64,
     /// The element being skipped (tag, stream offset), for errors.
     skipping: Option<(Tag, u64)>,
+    /// Open undefined-length sequences and items, outermost first (at most `depth_max`).
+    stack: Vec<Nest>,
     elements: Vec<Element>,
     arena: Vec<u8>,
     pixel_data: Option<PixelDataAt>,
@@ -264,6 +341,7 @@ impl<W: Fn(Tag) -> bool> ExplicitLeScanner<W> {
             pending_offset: start_offset,
             skip: 0,
             skipping: None,
+            stack: Vec::new(),
             elements: Vec::with_capacity(32),
             arena: Vec::with_capacity(1024),
             pixel_data: None,
@@ -276,6 +354,12 @@ impl<W: Fn(Tag) -> bool> ExplicitLeScanner<W> {
         let e = self.elements.iter().find(|e| e.tag == tag)?;
         let start = e.arena_start as usize;
         Some(&self.arena[start..start + e.value_len as usize])
+    }
+
+    /// Where the unconsumed bytes start, and those of them held (an unfinished header or
+    /// wanted value). After a decline, what the failed feed left: see `Extractor`.
+    pub fn unconsumed(&self) -> (u64, &[u8]) {
+        (self.pending_offset, &self.pending)
     }
 
     /// Bytes currently held (for tests of the memory bound).
@@ -331,176 +415,235 @@ impl<W: Fn(Tag) -> bool> ExplicitLeScanner<W> {
         Ok(())
     }
 
-    /// Scans complete top-level elements of `data` (which starts at stream offset
-    /// `pending_offset`); returns the bytes consumed. With `skip` set, all of `data` was
-    /// consumed and the rest of a value is still to come.
+    /// Scans what `data` (which starts at stream offset `pending_offset`) completes: top-level
+    /// elements, and the items and elements inside open undefined-length sequences, whose
+    /// state is kept on `stack` so that nothing but an unfinished header is ever held. Returns
+    /// the bytes consumed; with `skip` set, all of `data` was consumed and the rest of a value
+    /// is still to come.
     fn scan(&mut self, data: &[u8]) -> Result<(usize, Progress), ScanError> {
         let mut at = 0usize;
         loop {
             let offset = self.pending_offset + at as u64;
-            let b = data;
-            let header = match read_header(b, at, offset)? {
-                Need::Have(h) => h,
-                Need::More => return Ok((at, Progress::NeedMore)),
+            let consumed = match self.stack.last().copied() {
+                None => self.scan_top_level(data, at, offset)?,
+                Some(Nest {
+                    kind: NestKind::Sequence { implicit },
+                    ..
+                }) => self.scan_in_sequence(data, at, offset, implicit)?,
+                Some(Nest {
+                    kind: NestKind::Item { implicit },
+                    ..
+                }) => self.scan_in_item(data, at, offset, implicit)?,
             };
-            if header.tag.group() == 0xFFFE {
-                return Err(ScanError::Malformed {
-                    offset,
-                    reason: format!("{} outside a sequence", header.tag),
-                });
+            match consumed {
+                Step::Next(next) => at = next,
+                Step::More => return Ok((at, Progress::NeedMore)),
+                Step::Skipping => return Ok((data.len(), Progress::NeedMore)),
+                Step::PixelData(next, found) => return Ok((next, Progress::PixelData(found))),
             }
-            if header.tag.group() == 0x0002 {
-                // PS3.10 7.1: group 0002 is the file meta group's alone; met here, the group
-                // length (0002,0000) lied.
-                return Err(ScanError::Malformed {
-                    offset,
-                    reason: format!(
-                        "file meta element {} inside the data set (the file meta group length is wrong)",
-                        header.tag
-                    ),
-                });
-            }
-            let value_at = at + header.header_len;
-            if header.tag == Tag::PIXEL_DATA {
-                let found = PixelDataAt {
-                    element_offset: offset,
-                    value_offset: offset + header.header_len as u64,
-                    vr: header.vr,
-                    length: (header.length != UNDEFINED).then_some(header.length),
-                };
-                self.pixel_data = Some(found);
-                return Ok((value_at, Progress::PixelData(found)));
-            }
-            if header.length == UNDEFINED {
-                if &header.vr == b"UN" {
-                    return Err(ScanError::Decline {
-                        offset,
-                        reason: format!("{} is UN of undefined length", header.tag),
-                    });
-                }
-                if &header.vr != b"SQ" {
+        }
+    }
+
+    /// Skips `length` value bytes starting at `at`: within `data`, or by setting `skip`.
+    fn skip_value(&mut self, data: &[u8], at: usize, length: u32, tag: Tag, offset: u64) -> Step {
+        let available = data.len() - at.min(data.len());
+        if available >= length as usize {
+            return Step::Next(at + length as usize);
+        }
+        // The rest streams past later, holding nothing.
+        self.skip = u64::from(length) - available as u64;
+        self.skipping = Some((tag, offset));
+        Step::Skipping
+    }
+
+    fn push(&mut self, tag: Tag, offset: u64, kind: NestKind) -> Result<(), ScanError> {
+        let depth = self.stack.len() + 1;
+        if depth > self.limits.depth_max {
+            return Err(ScanError::Limit {
+                offset,
+                what: "sequence nesting depth",
+                value: depth as u64,
+                max: self.limits.depth_max as u64,
+            });
+        }
+        self.stack.push(Nest { tag, offset, kind });
+        Ok(())
+    }
+
+    fn scan_top_level(&mut self, data: &[u8], at: usize, offset: u64) -> Result<Step, ScanError> {
+        let header = match quick_header(data, at) {
+            Some(h) => h,
+            None => match read_header(data, at, offset)? {
+                Need::Have(h) => h,
+                Need::More => return Ok(Step::More),
+            },
+        };
+        if header.tag.group() == 0xFFFE {
+            return Err(ScanError::Malformed {
+                offset,
+                reason: format!("{} outside a sequence", header.tag),
+            });
+        }
+        if header.tag.group() == 0x0002 {
+            // PS3.10 7.1: group 0002 is the file meta group's alone; met here, the group
+            // length (0002,0000) lied.
+            return Err(ScanError::Malformed {
+                offset,
+                reason: format!(
+                    "file meta element {} inside the data set (the file meta group length is wrong)",
+                    header.tag
+                ),
+            });
+        }
+        let value_at = at + header.header_len;
+        if header.tag == Tag::PIXEL_DATA {
+            let found = PixelDataAt {
+                element_offset: offset,
+                value_offset: offset + header.header_len as u64,
+                vr: header.vr,
+                length: (header.length != UNDEFINED).then_some(header.length),
+            };
+            self.pixel_data = Some(found);
+            return Ok(Step::PixelData(value_at, found));
+        }
+        if header.length == UNDEFINED {
+            let implicit = match &header.vr {
+                b"SQ" => false,
+                // UN of undefined length holds a sequence in implicit VR LE (PS3.5 6.2.2).
+                b"UN" => true,
+                vr => {
                     return Err(ScanError::Malformed {
                         offset,
                         reason: format!(
                             "{} has undefined length with VR {}",
                             header.tag,
-                            String::from_utf8_lossy(&header.vr)
+                            String::from_utf8_lossy(vr)
                         ),
-                    });
-                }
-                match self.walk_sequence(data, value_at, 1)? {
-                    Need::Have(end) => {
-                        at = end;
-                        continue;
-                    }
-                    Need::More => return Ok((at, Progress::NeedMore)),
-                }
-            }
-            let length = header.length as usize;
-            if (self.wanted)(header.tag) {
-                if header.length > self.limits.wanted_value_bytes_max {
-                    return Err(ScanError::Limit {
-                        offset,
-                        what: "length of a wanted value",
-                        value: u64::from(header.length),
-                        max: u64::from(self.limits.wanted_value_bytes_max),
-                    });
-                }
-                if data.len() < value_at + length {
-                    return Ok((at, Progress::NeedMore));
-                }
-                let arena_start = self.arena.len() as u32;
-                self.arena
-                    .extend_from_slice(&data[value_at..value_at + length]);
-                // UN of a known attribute: its bytes are implicit VR LE, so the dictionary's
-                // VR describes them (PS3.5 6.2.2); the general path reports the same.
-                let vr = match &header.vr {
-                    b"UN" => super::dictionary_vr(header.tag).unwrap_or(header.vr),
-                    _ => header.vr,
-                };
-                self.elements.push(Element {
-                    tag: header.tag,
-                    vr,
-                    value_offset: offset + header.header_len as u64,
-                    arena_start,
-                    value_len: header.length,
-                });
-                at = value_at + length;
-                continue;
-            }
-            if header.length >= BULK_VALUE_BYTES_MIN && self.bulk.len() < BULK_VALUES_MAX {
-                // Reached once per element: every path below consumes its header.
-                self.bulk.push(BulkValue {
-                    tag: header.tag,
-                    vr: header.vr,
-                    element_offset: offset,
-                    value_offset: offset + header.header_len as u64,
-                    length: header.length,
-                });
-            }
-            let available = data.len() - value_at.min(data.len());
-            if available >= length {
-                at = value_at + length;
-                continue;
-            }
-            // Skip the rest of this value as it streams past, holding nothing.
-            self.skip = (length - available) as u64;
-            self.skipping = Some((header.tag, offset));
-            return Ok((data.len(), Progress::NeedMore));
-        }
-    }
-
-    /// Walks an undefined-length sequence (or encapsulated data) whose first item starts at
-    /// `at`; returns where it ends, or `More` if it is not all buffered yet.
-    fn walk_sequence(
-        &self,
-        b: &[u8],
-        mut at: usize,
-        depth: usize,
-    ) -> Result<Need<usize>, ScanError> {
-        self.check_depth(at, depth)?;
-        loop {
-            let offset = self.pending_offset + at as u64;
-            if b.len() < at + 8 {
-                return Ok(Need::More);
-            }
-            let tag = read_tag(b, at);
-            let length = le_u32(b, at + 4);
-            at += 8;
-            match tag {
-                Tag::SEQUENCE_DELIMITER => return Ok(Need::Have(at)),
-                Tag::ITEM if length == UNDEFINED => match self.walk_item(b, at, depth + 1)? {
-                    Need::Have(end) => at = end,
-                    Need::More => return Ok(Need::More),
-                },
-                Tag::ITEM => {
-                    if b.len() < at + length as usize {
-                        return Ok(Need::More);
-                    }
-                    at += length as usize;
-                }
-                other => {
-                    return Err(ScanError::Malformed {
-                        offset,
-                        reason: format!("{other} inside a sequence where an item belongs"),
                     })
                 }
+            };
+            self.push(header.tag, offset, NestKind::Sequence { implicit })?;
+            return Ok(Step::Next(value_at));
+        }
+        let length = header.length as usize;
+        if (self.wanted)(header.tag) {
+            if header.length > self.limits.wanted_value_bytes_max {
+                return Err(ScanError::Limit {
+                    offset,
+                    what: "length of a wanted value",
+                    value: u64::from(header.length),
+                    max: u64::from(self.limits.wanted_value_bytes_max),
+                });
             }
+            if data.len() < value_at + length {
+                return Ok(Step::More);
+            }
+            let arena_start = self.arena.len() as u32;
+            self.arena
+                .extend_from_slice(&data[value_at..value_at + length]);
+            // UN of a known attribute: its bytes are implicit VR LE, so the dictionary's
+            // VR describes them (PS3.5 6.2.2); the general path reports the same.
+            let vr = match &header.vr {
+                b"UN" => super::dictionary_vr(header.tag).unwrap_or(header.vr),
+                _ => header.vr,
+            };
+            self.elements.push(Element {
+                tag: header.tag,
+                vr,
+                value_offset: offset + header.header_len as u64,
+                arena_start,
+                value_len: header.length,
+            });
+            return Ok(Step::Next(value_at + length));
+        }
+        if header.length >= BULK_VALUE_BYTES_MIN && self.bulk.len() < BULK_VALUES_MAX {
+            // Reached once per element: the header is consumed whatever follows.
+            self.bulk.push(BulkValue {
+                tag: header.tag,
+                vr: header.vr,
+                element_offset: offset,
+                value_offset: offset + header.header_len as u64,
+                length: header.length,
+            });
+        }
+        Ok(self.skip_value(data, value_at, header.length, header.tag, offset))
+    }
+
+    /// Inside an undefined-length sequence (or encapsulated data): items up to the delimiter.
+    fn scan_in_sequence(
+        &mut self,
+        data: &[u8],
+        at: usize,
+        offset: u64,
+        implicit: bool,
+    ) -> Result<Step, ScanError> {
+        if data.len() < at + 8 {
+            return Ok(Step::More);
+        }
+        let tag = read_tag(data, at);
+        let length = le_u32(data, at + 4);
+        match tag {
+            Tag::SEQUENCE_DELIMITER => {
+                self.stack.pop();
+                Ok(Step::Next(at + 8))
+            }
+            Tag::ITEM if length == UNDEFINED => {
+                self.push(tag, offset, NestKind::Item { implicit })?;
+                Ok(Step::Next(at + 8))
+            }
+            Tag::ITEM => Ok(self.skip_value(data, at + 8, length, tag, offset)),
+            other => Err(ScanError::Malformed {
+                offset,
+                reason: format!(
+                    "{other} inside sequence {} where an item belongs",
+                    self.stack.last().map_or(Tag(0), |n| n.tag)
+                ),
+            }),
         }
     }
 
-    /// Walks the elements of an undefined-length item starting at `at`, up to its delimiter.
-    fn walk_item(&self, b: &[u8], mut at: usize, depth: usize) -> Result<Need<usize>, ScanError> {
-        self.check_depth(at, depth)?;
+    /// Inside an undefined-length item: elements up to the item delimiter. Defined-length
+    /// elements complete in `data` are stepped over in a tight loop.
+    fn scan_in_item(
+        &mut self,
+        data: &[u8],
+        mut at: usize,
+        _offset: u64,
+        implicit: bool,
+    ) -> Result<Step, ScanError> {
         loop {
             let offset = self.pending_offset + at as u64;
-            let header = match read_header(b, at, offset)? {
-                Need::Have(h) => h,
-                Need::More => return Ok(Need::More),
+            let header = if implicit {
+                if data.len() < at + 8 {
+                    return Ok(Step::More);
+                }
+                Header {
+                    tag: read_tag(data, at),
+                    vr: *b"  ",
+                    length: le_u32(data, at + 4),
+                    header_len: 8,
+                }
+            } else {
+                match quick_header(data, at) {
+                    Some(h) => h,
+                    None => match read_header(data, at, offset)? {
+                        Need::Have(h) => h,
+                        Need::More => return Ok(Step::More),
+                    },
+                }
             };
-            at += header.header_len;
+            let value_at = at + header.header_len;
+            if header.length != UNDEFINED && header.tag.group() != 0xFFFE {
+                let end = value_at + header.length as usize;
+                if end <= data.len() {
+                    at = end;
+                    continue;
+                }
+                return Ok(self.skip_value(data, value_at, header.length, header.tag, offset));
+            }
             if header.tag == Tag::ITEM_DELIMITER {
-                return Ok(Need::Have(at));
+                self.stack.pop();
+                return Ok(Step::Next(value_at));
             }
             if header.tag.group() == 0xFFFE {
                 return Err(ScanError::Malformed {
@@ -508,54 +651,54 @@ impl<W: Fn(Tag) -> bool> ExplicitLeScanner<W> {
                     reason: format!("{} inside an item", header.tag),
                 });
             }
-            if header.length == UNDEFINED {
-                match &header.vr {
-                    b"UN" => {
-                        return Err(ScanError::Decline {
-                            offset,
-                            reason: format!("{} is UN of undefined length", header.tag),
-                        })
-                    }
-                    // Nested sequences, and encapsulated pixel data of an icon: items up to a
-                    // sequence delimiter either way.
-                    b"SQ" | b"OB" | b"OW" => match self.walk_sequence(b, at, depth + 1)? {
-                        Need::Have(end) => at = end,
-                        Need::More => return Ok(Need::More),
-                    },
-                    vr => {
-                        return Err(ScanError::Malformed {
-                            offset,
-                            reason: format!(
-                                "{} has undefined length with VR {}",
-                                header.tag,
-                                String::from_utf8_lossy(vr)
-                            ),
-                        })
-                    }
+            let nested_implicit = match (implicit, &header.vr) {
+                // In implicit VR, undefined length means a sequence, whatever the tag.
+                (true, _) | (false, b"UN") => true,
+                // Nested sequences, and encapsulated pixel data of an icon: items up to a
+                // sequence delimiter either way.
+                (false, b"SQ" | b"OB" | b"OW") => false,
+                (false, vr) => {
+                    return Err(ScanError::Malformed {
+                        offset,
+                        reason: format!(
+                            "{} has undefined length with VR {}",
+                            header.tag,
+                            String::from_utf8_lossy(vr)
+                        ),
+                    })
                 }
-                continue;
-            }
-            if b.len() < at + header.length as usize {
-                return Ok(Need::More);
-            }
-            at += header.length as usize;
+            };
+            self.push(
+                header.tag,
+                offset,
+                NestKind::Sequence {
+                    implicit: nested_implicit,
+                },
+            )?;
+            return Ok(Step::Next(value_at));
         }
-    }
-
-    fn check_depth(&self, at: usize, depth: usize) -> Result<(), ScanError> {
-        if depth > self.limits.depth_max {
-            return Err(ScanError::Limit {
-                offset: self.pending_offset + at as u64,
-                what: "sequence nesting depth",
-                value: depth as u64,
-                max: self.limits.depth_max as u64,
-            });
-        }
-        Ok(())
     }
 
     /// Ends the stream: the data set had no Pixel Data, or it did and was scanned already.
     pub fn finish(self) -> Result<Scanned, ScanError> {
+        if let (None, Some(open)) = (self.pixel_data, self.stack.first()) {
+            let innermost = self.stack.last().map_or(open.tag, |n| n.tag);
+            let mut reason = format!("stream ends inside {}", open.tag);
+            match self.skipping {
+                Some((tag, _)) if self.skip > 0 => reason.push_str(&format!(
+                    ", {} bytes before the end of its nested {tag}'s value",
+                    self.skip
+                )),
+                _ if innermost != open.tag => {
+                    reason.push_str(&format!(", in its nested {innermost}"))
+                }
+                _ => {}
+            }
+            return Err(ScanError::Malformed {
+                offset: open.offset,
+                reason,
+            });
+        }
         if self.pixel_data.is_none() && self.skip > 0 {
             let (tag, element_offset) = self.skipping.unwrap_or((Tag(0), self.pending_offset));
             return Err(ScanError::Malformed {
@@ -703,7 +846,7 @@ mod tests {
     }
 
     #[test]
-    fn implicit_vr_bytes_and_undefined_un_are_declined() {
+    fn implicit_vr_bytes_are_declined_and_undefined_un_is_walked_as_implicit() {
         // Implicit VR: the 4 bytes after the tag are a length, not letters.
         let mut implicit = Vec::new();
         implicit.extend_from_slice(&[0x08, 0x00, 0x60, 0x00, 2, 0, 0, 0]);
@@ -713,9 +856,32 @@ mod tests {
             matches!(err, ScanError::Decline { offset: 132, .. }),
             "{err}"
         );
-        let un = undefined(Tag::new(0x0009, 0x0010), b"UN");
-        let err = scan_in_chunks(&un, 100).expect_err("declined");
-        assert!(matches!(err, ScanError::Decline { .. }), "{err}");
+        // UN of undefined length: a sequence whose items hold implicit VR LE elements, one of
+        // them with undefined length too (a nested sequence).
+        let mut un = undefined(Tag::new(0x0009, 0x1010), b"UN");
+        un.extend(marker(Tag::ITEM, UNDEFINED));
+        un.extend(marker(Tag::new(0x0009, 0x1011), 4));
+        un.extend(b"ABCD");
+        un.extend(marker(Tag::new(0x0009, 0x1012), UNDEFINED));
+        un.extend(marker(Tag::ITEM, 2));
+        un.extend(b"xy");
+        un.extend(marker(Tag::SEQUENCE_DELIMITER, 0));
+        un.extend(marker(Tag::ITEM_DELIMITER, 0));
+        un.extend(marker(Tag::SEQUENCE_DELIMITER, 0));
+        un.extend(el(PATIENT_ID, b"LO", b"ID42"));
+        for chunk in [1, 3, 100] {
+            let (found, held) = scan_in_chunks(&un, chunk).expect("walked");
+            assert_eq!(found.elements.len(), 1);
+            assert_eq!(found.value(&found.elements[0]), b"ID42");
+            assert!(held < 16, "only partial headers are held ({held})");
+        }
+        let mut truncated = un.clone();
+        truncated.truncate(40);
+        let err = scan_in_chunks(&truncated, 7).expect_err("truncated");
+        assert!(
+            err.to_string().contains("stream ends inside (0009,1010)"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -762,10 +928,15 @@ mod tests {
     }
 
     #[test]
-    fn a_sequence_larger_than_the_buffer_limit_is_refused() {
+    fn a_sequence_larger_than_the_buffer_limit_streams_through() {
         let mut big = undefined(SEQ, b"SQ");
         big.extend(marker(Tag::ITEM, 200_000));
         big.extend(vec![0u8; 200_000]);
+        big.extend(marker(Tag::ITEM, UNDEFINED));
+        big.extend(el(Tag::new(0x0009, 0x1001), b"OB", &vec![1u8; 100_000]));
+        big.extend(marker(Tag::ITEM_DELIMITER, 0));
+        big.extend(marker(Tag::SEQUENCE_DELIMITER, 0));
+        big.extend(el(PATIENT_ID, b"LO", b"ID42"));
         let mut scanner = ExplicitLeScanner::new(
             0,
             wanted,
@@ -774,20 +945,16 @@ mod tests {
                 ..ScanLimits::default()
             },
         );
-        let err = big
-            .chunks(4096)
-            .map(|c| scanner.feed(c))
-            .find_map(Result::err)
-            .expect("refused");
+        let mut held_max = 0;
+        for c in big.chunks(4096) {
+            scanner.feed(c).expect("streams through");
+            held_max = held_max.max(scanner.buffered_bytes());
+        }
         assert!(
-            matches!(
-                err,
-                ScanError::Limit {
-                    what: "bytes held while scanning",
-                    ..
-                }
-            ),
-            "{err}"
+            held_max < 16,
+            "nothing but partial headers held ({held_max})"
         );
+        let found = scanner.finish().expect("complete");
+        assert_eq!(found.value(&found.elements[0]), b"ID42");
     }
 }

@@ -9,7 +9,9 @@ use super::charset::CharacterSets;
 use super::explicit_le::{
     ExplicitLeScanner, PixelDataAt, Progress, ScanError, ScanLimits, Scanned,
 };
-use super::general::{extract_general, looks_like_part10_without_meta};
+use super::general::{
+    extract_general_resume, looks_like_part10_without_meta, GeneralOutcome, GeneralPartial,
+};
 use super::meta::{read_file_meta, ts, FileMeta, MetaError, MetaLimits};
 use super::Tag;
 use crate::index::attrs::{tags, InstanceAttrs};
@@ -166,9 +168,14 @@ impl Extracted {
 }
 
 /// Which tags to keep: the indexed ones plus configured extras, sorted.
-type Wanted = Box<dyn Fn(Tag) -> bool + Send + Sync>;
+type Wanted = Box<dyn Fn(Tag) -> bool + Send>;
 
 fn wanted_tags(extra: &[Tag]) -> Arc<[Tag]> {
+    static STANDARD: std::sync::OnceLock<Arc<[Tag]>> = std::sync::OnceLock::new();
+    if extra.is_empty() {
+        // INDEXED is sorted (a unit test checks): share one copy across extractors.
+        return STANDARD.get_or_init(|| INDEXED.into()).clone();
+    }
     let mut tags: Vec<Tag> = INDEXED.iter().chain(extra).copied().collect();
     tags.sort_unstable();
     tags.dedup();
@@ -214,14 +221,16 @@ enum State {
 struct FastState {
     meta: FileMeta,
     scanner: ExplicitLeScanner<Wanted>,
-    /// The data set's bytes so far, while they fit in `buffered_bytes_max`.
-    retained: Vec<u8>,
-    retained_complete: bool,
 }
 
 struct GeneralState {
     meta: FileMeta,
+    /// Data set bytes not yet taken by complete top-level elements.
     buf: Vec<u8>,
+    /// Stream offset of `buf[0]`.
+    buf_offset: u64,
+    /// The complete top-level elements read so far.
+    partial: Option<GeneralPartial>,
     next_attempt_bytes: usize,
 }
 
@@ -254,7 +263,20 @@ impl Extractor {
 
     fn wanted(&self) -> Wanted {
         let keep = self.tags.clone();
-        Box::new(move |t| keep.binary_search(&t).is_ok())
+        // Top-level tags come in ascending order (PS3.5 7.1), like `keep`: walk both lists
+        // together, O(1) per element; a tag out of order falls back to a binary search.
+        let cursor = std::cell::Cell::new(0usize);
+        Box::new(move |t| {
+            let mut i = cursor.get();
+            if i > 0 && keep[i - 1] >= t {
+                return keep.binary_search(&t).is_ok();
+            }
+            while i < keep.len() && keep[i] < t {
+                i += 1;
+            }
+            cursor.set(i);
+            i < keep.len() && keep[i] == t
+        })
     }
 
     /// Feeds the next bytes; `Progress::PixelData` means nothing more is needed.
@@ -264,21 +286,18 @@ impl Extractor {
                 Some(at) => Progress::PixelData(at),
                 None => Progress::NeedMore,
             }),
-            State::Fast(fast) => {
-                if fast.retained_complete {
-                    if fast.retained.len() + chunk.len() <= self.scan_limits.buffered_bytes_max {
-                        fast.retained.extend_from_slice(chunk);
-                    } else {
-                        fast.retained_complete = false;
-                        fast.retained = Vec::new();
-                    }
-                }
-                match fast.scanner.feed(chunk) {
-                    Err(ScanError::Decline { offset, reason }) => self.decline(offset, reason),
-                    other => Ok(other?),
-                }
-            }
+            State::Fast(fast) => match fast.scanner.feed(chunk) {
+                Err(ScanError::Decline { offset, reason }) => self.decline(offset, reason, chunk),
+                other => Ok(other?),
+            },
             State::General(general) => {
+                if general.buf.is_empty() && !chunk.is_empty() {
+                    // Zero-copy when the first piece holds the whole header (the usual case).
+                    if let Some(progress) = self.attempt_general(false, Some(chunk))? {
+                        return Ok(progress);
+                    }
+                    return Ok(Progress::NeedMore);
+                }
                 let room = self
                     .scan_limits
                     .buffered_bytes_max
@@ -289,7 +308,9 @@ impl Extractor {
                 if general.buf.len() < general.next_attempt_bytes && chunk.len() <= room {
                     return Ok(Progress::NeedMore);
                 }
-                self.attempt_general(false)
+                Ok(self
+                    .attempt_general(false, None)?
+                    .unwrap_or(Progress::NeedMore))
             }
             State::Meta(buf) if buf.is_empty() => {
                 // Zero-copy when the first chunk holds the whole file meta group.
@@ -395,46 +416,62 @@ impl Extractor {
         let body = &stream[start as usize..];
         if !data_set_is_explicit_le(&meta.transfer_syntax_uid) {
             self.state = State::General(Box::new(GeneralState {
+                buf_offset: meta.data_set_offset,
                 meta,
                 buf: Vec::new(),
+                partial: None,
                 next_attempt_bytes: GENERAL_FIRST_ATTEMPT_BYTES,
             }));
             return self.feed(body);
         }
         let scanner = ExplicitLeScanner::new(start, self.wanted(), self.scan_limits);
-        self.state = State::Fast(Box::new(FastState {
-            meta,
-            scanner,
-            retained: Vec::new(),
-            retained_complete: true,
-        }));
+        self.state = State::Fast(Box::new(FastState { meta, scanner }));
         self.feed(body)
     }
 
-    /// The fast path declined: hand the retained bytes to the general path.
-    fn decline(&mut self, offset: u64, reason: String) -> Result<Progress, ExtractError> {
+    /// The fast path declined. It declines only on VR bytes that are not a VR: at the first
+    /// element that means an implicit VR data set under an explicit transfer syntax, and the
+    /// bytes seen so far (the scanner's unfinished ones, or `chunk`) are handed to the general
+    /// path; later, the data set is malformed for both paths.
+    fn decline(
+        &mut self,
+        offset: u64,
+        reason: String,
+        chunk: &[u8],
+    ) -> Result<Progress, ExtractError> {
         let State::Fast(fast) = std::mem::replace(&mut self.state, State::Meta(Vec::new())) else {
             unreachable!("decline comes from the fast path");
         };
-        if !fast.retained_complete {
-            return Err(ScanError::Decline {
-                offset,
-                reason: format!(
-                    "{reason}; the data set before it is over {} bytes, too long to re-read",
-                    self.scan_limits.buffered_bytes_max
-                ),
-            }
-            .into());
+        let (from, held) = fast.scanner.unconsumed();
+        if from != fast.meta.data_set_offset {
+            // Elements before it were explicit VR: no path reads this data set.
+            return Err(ScanError::Malformed { offset, reason }.into());
         }
+        let buf = if held.is_empty() {
+            chunk.to_vec()
+        } else {
+            held.to_vec()
+        };
         self.state = State::General(Box::new(GeneralState {
+            buf_offset: fast.meta.data_set_offset,
             meta: fast.meta,
-            next_attempt_bytes: fast.retained.len(),
-            buf: fast.retained,
+            next_attempt_bytes: buf.len(),
+            buf,
+            partial: None,
         }));
-        self.attempt_general(false)
+        Ok(self
+            .attempt_general(false, None)?
+            .unwrap_or(Progress::NeedMore))
     }
 
-    fn attempt_general(&mut self, at_end: bool) -> Result<Progress, ExtractError> {
+    /// Runs the general path over the buffered data set, or over `first` (the first piece,
+    /// not yet buffered: it is buffered if the header does not end in it). `None`: more bytes
+    /// are needed.
+    fn attempt_general(
+        &mut self,
+        at_end: bool,
+        first: Option<&[u8]>,
+    ) -> Result<Option<Progress>, ExtractError> {
         let State::General(general) = &mut self.state else {
             unreachable!("only called in the general state");
         };
@@ -442,42 +479,52 @@ impl Extractor {
             let keep = self.tags.clone();
             move |t: Tag| keep.binary_search(&t).is_ok()
         };
-        let found = extract_general(
+        let data = first.unwrap_or(&general.buf);
+        let outcome = extract_general_resume(
             &general.meta.transfer_syntax_uid,
-            &general.buf,
-            general.meta.data_set_offset,
+            data,
+            general.buf_offset,
             at_end,
             &wanted,
             &self.scan_limits,
+            general.partial.take(),
         )?;
-        match found {
-            None => {
+        let found = match outcome {
+            GeneralOutcome::Done(found) => found,
+            GeneralOutcome::More(partial) => {
+                // Keep only the bytes not yet taken by complete elements.
+                let consumed = partial.as_ref().map_or(0, GeneralPartial::consumed);
+                match first {
+                    Some(first) => general.buf.extend_from_slice(&first[consumed..]),
+                    None => drop(general.buf.drain(..consumed)),
+                }
+                general.buf_offset += consumed as u64;
+                general.partial = partial;
                 general.next_attempt_bytes = general
                     .buf
                     .len()
                     .saturating_mul(2)
                     .max(GENERAL_FIRST_ATTEMPT_BYTES);
-                Ok(Progress::NeedMore)
+                return Ok(None);
             }
-            Some(found) => {
-                let path = ExtractPath::General {
-                    inflated: found.inflated,
-                    encoding_mismatch: found.encoding_mismatch,
-                };
-                let meta = std::mem::take(&mut general.meta);
-                let (progress, tail) = match found.scanned.pixel_data {
-                    Some(at) if !found.inflated => {
-                        let from = (at.value_offset - meta.data_set_offset) as usize;
-                        let tail = general.buf.get(from..).unwrap_or_default().to_vec();
-                        (Progress::PixelData(at), tail)
-                    }
-                    Some(at) => (Progress::PixelData(at), Vec::new()),
-                    None => (Progress::NeedMore, Vec::new()),
-                };
-                self.state = State::Done(Box::new((meta, found.scanned, path, tail)));
-                Ok(progress)
+        };
+        let path = ExtractPath::General {
+            inflated: found.inflated,
+            encoding_mismatch: found.encoding_mismatch,
+        };
+        let meta = std::mem::take(&mut general.meta);
+        let (progress, tail) = match found.scanned.pixel_data {
+            // Encapsulated: the fragment walker needs what was read past its start.
+            Some(at) if !found.inflated && at.length.is_none() => {
+                let from = (at.value_offset - general.buf_offset) as usize;
+                let tail = data.get(from..).unwrap_or_default().to_vec();
+                (Progress::PixelData(at), tail)
             }
-        }
+            Some(at) => (Progress::PixelData(at), Vec::new()),
+            None => (Progress::NeedMore, Vec::new()),
+        };
+        self.state = State::Done(Box::new((meta, found.scanned, path, tail)));
+        Ok(Some(progress))
     }
 
     /// Ends the stream (or stops after Pixel Data) and returns what was found.
@@ -499,40 +546,15 @@ impl Extractor {
             }
         }
         if let State::General(_) = self.state {
-            self.attempt_general(true)?;
+            self.attempt_general(true, None)?;
         }
         if let State::Fast(fast) = self.state {
-            let FastState {
+            let FastState { meta, scanner } = *fast;
+            return Ok(Extracted {
                 meta,
-                scanner,
-                retained,
-                retained_complete,
-            } = *fast;
-            return match scanner.finish() {
-                Ok(data_set) => Ok(Extracted {
-                    meta,
-                    data_set,
-                    path: ExtractPath::Fast,
-                }),
-                Err(ScanError::Decline { offset, reason }) => {
-                    if !retained_complete {
-                        return Err(ScanError::Decline { offset, reason }.into());
-                    }
-                    let mut general = Extractor {
-                        state: State::General(Box::new(GeneralState {
-                            meta,
-                            next_attempt_bytes: usize::MAX,
-                            buf: retained,
-                        })),
-                        meta_limits: self.meta_limits,
-                        scan_limits: self.scan_limits,
-                        tags: self.tags.clone(),
-                    };
-                    general.attempt_general(true)?;
-                    general.finish()
-                }
-                Err(e) => Err(e.into()),
-            };
+                data_set: scanner.finish()?,
+                path: ExtractPath::Fast,
+            });
         }
         match self.state {
             State::Done(done) => {
