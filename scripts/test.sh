@@ -48,11 +48,22 @@ if [ "$FUZZ_SECONDS" -gt 0 ]; then
     for target in $(cargo fuzz list); do
         cargo run -q -p kuvasto-tests --bin make_fuzz_seeds -- "fuzz/corpus/$target"
     done
+    # DICOM seeds: pydicom's sample files (installed into .venv above).
+    for target in extract_dicom differential_extract; do
+        mkdir -p "fuzz/corpus/$target"
+        cp .venv/lib/python3*/site-packages/pydicom/data/test_files/*.dcm "fuzz/corpus/$target/"
+    done
     for target in $(cargo fuzz list); do
         step "fuzz $target"
+        # Extraction must stay within its configured bounds: tight memory limits there.
+        case "$target" in
+            extract_dicom) limits="-rss_limit_mb=256 -malloc_limit_mb=64" ;;
+            *) limits="-rss_limit_mb=2048" ;;
+        esac
         # AddressSanitizer needs unstable flags; RUSTC_BOOTSTRAP lets the stable compiler take them.
+        # shellcheck disable=SC2086 # $limits is two flags
         RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- \
-            -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 -max_len=131072 -print_final_stats=1
+            -max_total_time="$FUZZ_SECONDS" $limits -max_len=131072 -print_final_stats=1
     done
 fi
 

@@ -25,6 +25,7 @@ fuzz_target!(|bytes: &[u8]| {
         requests_queued_max: 4,
         flushers: 1,
         direct_io: false,
+        ..StoreConfig::default()
     };
     let storage: Arc<dyn Storage> = Arc::new(unaligned);
     let Ok(store) = Store::open_with(storage, config) else {

@@ -145,6 +145,49 @@ fn read_tag(b: &[u8], at: usize) -> Tag {
     Tag::new(le_u16(b, at), le_u16(b, at + 2))
 }
 
+/// The VRs of PS3.5 6.2: two capital letters that name none of them are not a VR (the bytes
+/// are then not explicit VR, or are damaged), and their length field cannot be trusted.
+#[inline]
+fn is_known_vr(vr: [u8; 2]) -> bool {
+    matches!(
+        &vr,
+        b"AE"
+            | b"AS"
+            | b"AT"
+            | b"CS"
+            | b"DA"
+            | b"DS"
+            | b"DT"
+            | b"FD"
+            | b"FL"
+            | b"IS"
+            | b"LO"
+            | b"LT"
+            | b"OB"
+            | b"OD"
+            | b"OF"
+            | b"OL"
+            | b"OV"
+            | b"OW"
+            | b"PN"
+            | b"SH"
+            | b"SL"
+            | b"SQ"
+            | b"SS"
+            | b"ST"
+            | b"SV"
+            | b"TM"
+            | b"UC"
+            | b"UI"
+            | b"UL"
+            | b"UN"
+            | b"UR"
+            | b"US"
+            | b"UT"
+            | b"UV"
+    )
+}
+
 /// VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
 #[inline]
 fn has_long_length(vr: [u8; 2]) -> bool {
@@ -212,7 +255,7 @@ fn read_header(b: &[u8], at: usize, offset: u64) -> Result<Need<Header>, ScanErr
         }));
     }
     let vr = [b[at + 4], b[at + 5]];
-    if !vr.iter().all(u8::is_ascii_uppercase) {
+    if !is_known_vr(vr) {
         return Err(ScanError::Decline {
             offset,
             reason: format!(
@@ -290,7 +333,7 @@ fn quick_header(b: &[u8], at: usize) -> Option<Header> {
         });
     }
     let vr = [h[4], h[5]];
-    if !(vr[0].is_ascii_uppercase() && vr[1].is_ascii_uppercase()) {
+    if !is_known_vr(vr) {
         return None;
     }
     if has_long_length(vr) {
@@ -843,6 +886,21 @@ mod tests {
                 "cut {cut}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn capital_letters_that_name_no_vr_are_declined() {
+        // Found by the differential fuzzer: "GR" is no VR; dicom-parser refuses it too.
+        let bytes = [
+            el(Tag::new(0x0008, 0x0060), b"CS", b"CT"),
+            el(PATIENT_ID, b"GR", b"AB"),
+        ]
+        .concat();
+        let err = scan_in_chunks(&bytes, 100).expect_err("declined");
+        assert!(
+            matches!(&err, ScanError::Decline { reason, .. } if reason.contains("(0010,0020) has no valid explicit VR")),
+            "{err}"
+        );
     }
 
     #[test]

@@ -182,6 +182,56 @@ fn wanted_tags(extra: &[Tag]) -> Arc<[Tag]> {
     tags.into()
 }
 
+/// Where the first element of a data set without file meta ends, for the guessed transfer
+/// syntax (`None` for an undefined length or too few bytes to tell).
+fn first_element_end(bytes: &[u8], transfer_syntax_uid: &str) -> Option<usize> {
+    let b = bytes.get(..12)?;
+    let u16_at = |at: usize, big: bool| {
+        let v = [b[at], b[at + 1]];
+        usize::from(if big {
+            u16::from_be_bytes(v)
+        } else {
+            u16::from_le_bytes(v)
+        })
+    };
+    let u32_at = |at: usize, big: bool| {
+        let v = [b[at], b[at + 1], b[at + 2], b[at + 3]];
+        let n = if big {
+            u32::from_be_bytes(v)
+        } else {
+            u32::from_le_bytes(v)
+        };
+        (n != u32::MAX).then_some(n as usize)
+    };
+    match transfer_syntax_uid {
+        ts::IMPLICIT_VR_LE => Some(8 + u32_at(4, false)?),
+        uid => {
+            let big = uid == ts::EXPLICIT_VR_BE;
+            let long = matches!(
+                &b[4..6],
+                b"OB"
+                    | b"OD"
+                    | b"OF"
+                    | b"OL"
+                    | b"OV"
+                    | b"OW"
+                    | b"SQ"
+                    | b"SV"
+                    | b"UC"
+                    | b"UN"
+                    | b"UR"
+                    | b"UT"
+                    | b"UV"
+            );
+            if long {
+                Some(12 + u32_at(8, big)?)
+            } else {
+                Some(8 + u16_at(6, big))
+            }
+        }
+    }
+}
+
 /// Which path read the data set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExtractPath {
@@ -314,7 +364,7 @@ impl Extractor {
             }
             State::Meta(buf) if buf.is_empty() => {
                 // Zero-copy when the first chunk holds the whole file meta group.
-                match self.read_meta(chunk)? {
+                match self.read_meta(chunk, false)? {
                     Some(meta) => self.start_data_set(meta, chunk),
                     None => {
                         if let State::Meta(buf) = &mut self.state {
@@ -332,7 +382,7 @@ impl Extractor {
                 buf.extend_from_slice(&chunk[..take.min(chunk.len())]);
                 let rest = &chunk[take.min(chunk.len())..];
                 let already = std::mem::take(buf);
-                let Some(meta) = self.read_meta(&already)? else {
+                let Some(meta) = self.read_meta(&already, false)? else {
                     if already.len() >= meta_bytes_max {
                         return Err(MetaError::Limit {
                             what: "bytes before the data set",
@@ -390,24 +440,45 @@ impl Extractor {
 
     /// Reads the file meta group; a stream with neither preamble nor meta group whose first
     /// element header looks like a data set is taken as one (old tools write such files).
-    fn read_meta(&self, bytes: &[u8]) -> Result<Option<FileMeta>, ExtractError> {
+    ///
+    /// The guess looks at the second element header too, so it waits for it (unless the
+    /// stream has ended): the answer must not depend on how the stream was cut.
+    fn read_meta(&self, bytes: &[u8], at_end: bool) -> Result<Option<FileMeta>, ExtractError> {
         match read_file_meta(bytes, self.meta_limits) {
             Ok(meta) => Ok(meta),
-            Err(MetaError::NotDicom(reason)) => match looks_like_part10_without_meta(bytes) {
-                Some(uid) if bytes.len() >= 8 => Ok(Some(FileMeta {
-                    has_preamble: false,
-                    media_storage_sop_class_uid: String::new(),
-                    media_storage_sop_instance_uid: String::new(),
-                    transfer_syntax_uid: uid.to_string(),
-                    implementation_class_uid: None,
-                    implementation_version_name: None,
-                    source_application_entity_title: None,
-                    data_set_offset: 0,
-                })),
-                _ => Err(MetaError::NotDicom(reason).into()),
-            },
+            Err(MetaError::NotDicom(reason)) => {
+                // Only what fits in the bytes the meta state may hold is looked at, so that a
+                // whole stream and the same stream in pieces get the same answer.
+                let window = &bytes[..bytes.len().min(self.meta_bytes_max())];
+                match looks_like_part10_without_meta(window) {
+                    Some(uid) if bytes.len() >= 8 => {
+                        let second_header_end = first_element_end(bytes, uid)
+                            .map(|at| (at + 8).min(self.meta_bytes_max()));
+                        if !at_end && second_header_end.is_some_and(|end| bytes.len() < end) {
+                            return Ok(None);
+                        }
+                        Ok(Some(FileMeta {
+                            has_preamble: false,
+                            media_storage_sop_class_uid: String::new(),
+                            media_storage_sop_instance_uid: String::new(),
+                            transfer_syntax_uid: uid.to_string(),
+                            implementation_class_uid: None,
+                            implementation_version_name: None,
+                            source_application_entity_title: None,
+                            data_set_offset: 0,
+                        }))
+                    }
+                    _ => Err(MetaError::NotDicom(reason).into()),
+                }
+            }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Most bytes held before the data set starts (preamble, file meta group, or the first
+    /// elements of a data set without one).
+    fn meta_bytes_max(&self) -> usize {
+        132 + self.meta_limits.group_bytes_max as usize + 12
     }
 
     /// Starts on the data set; `stream` holds the stream from its first byte.
@@ -531,7 +602,7 @@ impl Extractor {
     pub fn finish(mut self) -> Result<Extracted, ExtractError> {
         if let State::Meta(buf) = &self.state {
             let buf = buf.clone();
-            match self.read_meta(&buf)? {
+            match self.read_meta(&buf, true)? {
                 Some(meta) => {
                     // The stream ended in or right after the meta group.
                     self.start_data_set(meta, &buf)?;
