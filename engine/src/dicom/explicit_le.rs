@@ -145,68 +145,55 @@ fn read_tag(b: &[u8], at: usize) -> Tag {
     Tag::new(le_u16(b, at), le_u16(b, at + 2))
 }
 
-/// The VRs of PS3.5 6.2: two capital letters that name none of them are not a VR (the bytes
-/// are then not explicit VR, or are damaged), and their length field cannot be trusted.
+/// The VRs of PS3.5 6.2 (two capital letters that name none of them are not a VR: the bytes
+/// are then not explicit VR, or are damaged, and their length field cannot be trusted), and
+/// which of them have a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
+const SHORT_VRS: [&[u8; 2]; 21] = [
+    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN",
+    b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
+];
+const LONG_VRS: [&[u8; 2]; 13] = [
+    b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV",
+];
+
+/// 0: not a VR, 1: a VR with a 2-byte length, 2: a VR with a 4-byte length; indexed by
+/// `(first - b'A') * 26 + (second - b'A')`. A table rather than a `match`: the hot loops
+/// classify every header, and a jump table there mispredicts.
+const VR_CLASS: [u8; 26 * 26] = {
+    let mut table = [0u8; 26 * 26];
+    let mut i = 0;
+    while i < SHORT_VRS.len() {
+        let vr = SHORT_VRS[i];
+        table[(vr[0] - b'A') as usize * 26 + (vr[1] - b'A') as usize] = 1;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < LONG_VRS.len() {
+        let vr = LONG_VRS[i];
+        table[(vr[0] - b'A') as usize * 26 + (vr[1] - b'A') as usize] = 2;
+        i += 1;
+    }
+    table
+};
+
 #[inline]
-fn is_known_vr(vr: [u8; 2]) -> bool {
-    matches!(
-        &vr,
-        b"AE"
-            | b"AS"
-            | b"AT"
-            | b"CS"
-            | b"DA"
-            | b"DS"
-            | b"DT"
-            | b"FD"
-            | b"FL"
-            | b"IS"
-            | b"LO"
-            | b"LT"
-            | b"OB"
-            | b"OD"
-            | b"OF"
-            | b"OL"
-            | b"OV"
-            | b"OW"
-            | b"PN"
-            | b"SH"
-            | b"SL"
-            | b"SQ"
-            | b"SS"
-            | b"ST"
-            | b"SV"
-            | b"TM"
-            | b"UC"
-            | b"UI"
-            | b"UL"
-            | b"UN"
-            | b"UR"
-            | b"US"
-            | b"UT"
-            | b"UV"
-    )
+fn vr_class(vr: [u8; 2]) -> u8 {
+    let (a, b) = (vr[0].wrapping_sub(b'A'), vr[1].wrapping_sub(b'A'));
+    if a < 26 && b < 26 {
+        VR_CLASS[a as usize * 26 + b as usize]
+    } else {
+        0
+    }
 }
 
-/// VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
+#[inline]
+fn is_known_vr(vr: [u8; 2]) -> bool {
+    vr_class(vr) != 0
+}
+
 #[inline]
 fn has_long_length(vr: [u8; 2]) -> bool {
-    matches!(
-        &vr,
-        b"OB"
-            | b"OD"
-            | b"OF"
-            | b"OL"
-            | b"OV"
-            | b"OW"
-            | b"SQ"
-            | b"SV"
-            | b"UC"
-            | b"UN"
-            | b"UR"
-            | b"UT"
-            | b"UV"
-    )
+    vr_class(vr) == 2
 }
 
 /// Encodes one element in Explicit VR Little Endian with a defined length (the inverse of
@@ -284,6 +271,52 @@ fn read_header(b: &[u8], at: usize, offset: u64) -> Result<Need<Header>, ScanErr
     }
 }
 
+/// Which top-level attributes a scan keeps: any `Fn(Tag) -> bool`, or a [`SortedTags`]
+/// cursor (the extractor's, inlined and O(1) per element).
+pub trait Wants {
+    fn wants(&mut self, tag: Tag) -> bool;
+}
+
+impl<F: Fn(Tag) -> bool> Wants for F {
+    #[inline]
+    fn wants(&mut self, tag: Tag) -> bool {
+        self(tag)
+    }
+}
+
+/// A sorted tag list walked together with the data set's top-level tags, which come in
+/// ascending order (PS3.5 7.1): O(1) per element; a tag out of order falls back to a binary
+/// search.
+#[derive(Debug, Clone)]
+pub struct SortedTags {
+    tags: std::sync::Arc<[Tag]>,
+    cursor: usize,
+}
+
+impl SortedTags {
+    /// `tags` must be sorted.
+    pub fn new(tags: std::sync::Arc<[Tag]>) -> Self {
+        debug_assert!(tags.windows(2).all(|w| w[0] <= w[1]), "sorted tags");
+        SortedTags { tags, cursor: 0 }
+    }
+}
+
+impl Wants for SortedTags {
+    #[inline]
+    fn wants(&mut self, tag: Tag) -> bool {
+        let keep = &self.tags;
+        let mut i = self.cursor;
+        if i > 0 && keep[i - 1] >= tag {
+            return keep.binary_search(&tag).is_ok();
+        }
+        while i < keep.len() && keep[i] < tag {
+            i += 1;
+        }
+        self.cursor = i;
+        i < keep.len() && keep[i] == tag
+    }
+}
+
 /// An open undefined-length sequence or item.
 #[derive(Debug, Clone, Copy)]
 struct Nest {
@@ -333,10 +366,11 @@ fn quick_header(b: &[u8], at: usize) -> Option<Header> {
         });
     }
     let vr = [h[4], h[5]];
-    if !is_known_vr(vr) {
+    let class = vr_class(vr);
+    if class == 0 {
         return None;
     }
-    if has_long_length(vr) {
+    if class == 2 {
         let l = b.get(at + 8..at + 12)?;
         Some(Header {
             tag,
@@ -355,7 +389,7 @@ fn quick_header(b: &[u8], at: usize) -> Option<Header> {
 }
 
 /// The streaming scanner (see the module documentation).
-pub struct ExplicitLeScanner<W: Fn(Tag) -> bool> {
+pub struct ExplicitLeScanner<W: Wants> {
     wanted: W,
     limits: ScanLimits,
     /// Bytes received but not yet consumed; `pending[0]` is at stream offset `pending_offset`.
@@ -373,7 +407,7 @@ pub struct ExplicitLeScanner<W: Fn(Tag) -> bool> {
     bulk: Vec<BulkValue>,
 }
 
-impl<W: Fn(Tag) -> bool> ExplicitLeScanner<W> {
+impl<W: Wants> ExplicitLeScanner<W> {
     /// A scanner for a data set starting at stream offset `start_offset` (after the file meta
     /// group), keeping the attributes for which `wanted` is true.
     pub fn new(start_offset: u64, wanted: W, limits: ScanLimits) -> Self {
@@ -569,7 +603,7 @@ impl<W: Fn(Tag) -> bool> ExplicitLeScanner<W> {
             return Ok(Step::Next(value_at));
         }
         let length = header.length as usize;
-        if (self.wanted)(header.tag) {
+        if self.wanted.wants(header.tag) {
             if header.length > self.limits.wanted_value_bytes_max {
                 return Err(ScanError::Limit {
                     offset,

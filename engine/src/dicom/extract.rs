@@ -7,7 +7,7 @@
 
 use super::charset::CharacterSets;
 use super::explicit_le::{
-    ExplicitLeScanner, PixelDataAt, Progress, ScanError, ScanLimits, Scanned,
+    ExplicitLeScanner, PixelDataAt, Progress, ScanError, ScanLimits, Scanned, SortedTags,
 };
 use super::general::{
     extract_general_resume, looks_like_part10_without_meta, GeneralOutcome, GeneralPartial,
@@ -167,9 +167,6 @@ impl Extracted {
     }
 }
 
-/// Which tags to keep: the indexed ones plus configured extras, sorted.
-type Wanted = Box<dyn Fn(Tag) -> bool + Send>;
-
 fn wanted_tags(extra: &[Tag]) -> Arc<[Tag]> {
     static STANDARD: std::sync::OnceLock<Arc<[Tag]>> = std::sync::OnceLock::new();
     if extra.is_empty() {
@@ -270,7 +267,7 @@ enum State {
 
 struct FastState {
     meta: FileMeta,
-    scanner: ExplicitLeScanner<Wanted>,
+    scanner: ExplicitLeScanner<SortedTags>,
 }
 
 struct GeneralState {
@@ -311,22 +308,8 @@ impl Extractor {
         }
     }
 
-    fn wanted(&self) -> Wanted {
-        let keep = self.tags.clone();
-        // Top-level tags come in ascending order (PS3.5 7.1), like `keep`: walk both lists
-        // together, O(1) per element; a tag out of order falls back to a binary search.
-        let cursor = std::cell::Cell::new(0usize);
-        Box::new(move |t| {
-            let mut i = cursor.get();
-            if i > 0 && keep[i - 1] >= t {
-                return keep.binary_search(&t).is_ok();
-            }
-            while i < keep.len() && keep[i] < t {
-                i += 1;
-            }
-            cursor.set(i);
-            i < keep.len() && keep[i] == t
-        })
+    fn wanted(&self) -> SortedTags {
+        SortedTags::new(self.tags.clone())
     }
 
     /// Feeds the next bytes; `Progress::PixelData` means nothing more is needed.

@@ -76,7 +76,12 @@ fn text(value: &[u8]) -> String {
         .iter()
         .rposition(|&b| b != 0 && b != b' ')
         .map_or(0, |i| i + 1);
-    String::from_utf8_lossy(&value[..end]).into_owned()
+    let value = &value[..end];
+    // UIDs and AE titles are ASCII: skip the lossy decoder's machinery for them.
+    match std::str::from_utf8(value) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(value).into_owned(),
+    }
 }
 
 fn starts_group_2(b: &[u8]) -> bool {
