@@ -26,7 +26,7 @@ use criterion::Criterion;
 use dicom_dictionary_std::tags::PIXEL_DATA;
 use dicom_object::file::ReadPreamble;
 use dicom_object::OpenFileOptions;
-use kuvasto_engine::dicom::explicit_le::{encode_element, Progress, ScanLimits};
+use kuvasto_engine::dicom::explicit_le::{encode_element, has_long_length, Progress, ScanLimits};
 use kuvasto_engine::dicom::extract::{ExtractPath, Extracted, Extractor};
 use kuvasto_engine::dicom::meta::{read_file_meta, ts, MetaLimits};
 use kuvasto_engine::dicom::Tag;
@@ -62,25 +62,6 @@ enum Lengths {
     Undefined,
 }
 
-fn long_length(vr: [u8; 2]) -> bool {
-    matches!(
-        &vr,
-        b"OB"
-            | b"OD"
-            | b"OF"
-            | b"OL"
-            | b"OV"
-            | b"OW"
-            | b"SQ"
-            | b"SV"
-            | b"UC"
-            | b"UN"
-            | b"UR"
-            | b"UT"
-            | b"UV"
-    )
-}
-
 const UNDEFINED: u32 = u32::MAX;
 
 fn header(out: &mut Vec<u8>, tag: Tag, vr: [u8; 2], len: u32, implicit: bool) {
@@ -88,7 +69,7 @@ fn header(out: &mut Vec<u8>, tag: Tag, vr: [u8; 2], len: u32, implicit: bool) {
     out.extend_from_slice(&tag.element().to_le_bytes());
     if implicit {
         out.extend_from_slice(&len.to_le_bytes());
-    } else if long_length(vr) {
+    } else if has_long_length(vr) {
         out.extend_from_slice(&vr);
         out.extend_from_slice(&[0, 0]);
         out.extend_from_slice(&len.to_le_bytes());
@@ -170,7 +151,7 @@ fn parse(b: &[u8], at: &mut usize, end: usize, lengths: &mut Option<Lengths>) ->
             break;
         }
         let vr = [b[*at + 4], b[*at + 5]];
-        let (len, header_len) = if long_length(vr) {
+        let (len, header_len) = if has_long_length(vr) {
             (u32_at(*at + 8), 12)
         } else {
             (u32::from(u16_at(*at + 6)), 8)

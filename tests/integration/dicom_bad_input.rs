@@ -8,7 +8,9 @@
 //! without the bytes being there: an extractor that allocated what they declare would fail
 //! the test by running out of memory rather than by an assertion.
 
-use kuvasto_engine::dicom::explicit_le::{encode_element, Progress, ScanError, ScanLimits};
+use kuvasto_engine::dicom::explicit_le::{
+    encode_element, has_long_length, Progress, ScanError, ScanLimits,
+};
 use kuvasto_engine::dicom::extract::{ExtractError, ExtractPath, Extracted, Extractor};
 use kuvasto_engine::dicom::meta::{ts, MetaError, MetaLimits};
 use kuvasto_engine::dicom::Tag;
@@ -36,25 +38,6 @@ impl Enc {
     }
 }
 
-fn long_vr(vr: &[u8; 2]) -> bool {
-    matches!(
-        vr,
-        b"OB"
-            | b"OD"
-            | b"OF"
-            | b"OL"
-            | b"OV"
-            | b"OW"
-            | b"SQ"
-            | b"SV"
-            | b"UC"
-            | b"UN"
-            | b"UR"
-            | b"UT"
-            | b"UV"
-    )
-}
-
 /// An element header declaring `len` (which may lie).
 fn header(enc: Enc, tag: Tag, vr: &[u8; 2], len: u32) -> Vec<u8> {
     let mut out = Vec::new();
@@ -62,7 +45,7 @@ fn header(enc: Enc, tag: Tag, vr: &[u8; 2], len: u32) -> Vec<u8> {
     out.extend(tag.element().to_le_bytes());
     match enc {
         Enc::ImplicitLe => out.extend(len.to_le_bytes()),
-        Enc::ExplicitLe if long_vr(vr) => {
+        Enc::ExplicitLe if has_long_length(*vr) => {
             out.extend(vr);
             out.extend([0, 0]);
             out.extend(len.to_le_bytes());

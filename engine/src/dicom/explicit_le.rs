@@ -191,8 +191,10 @@ fn is_known_vr(vr: [u8; 2]) -> bool {
     vr_class(vr) != 0
 }
 
+/// Whether a VR has a 2-byte reserved field and a 4-byte length in explicit VR (PS3.5
+/// 7.1.2): OB, OD, OF, OL, OV, OW, SQ, SV, UC, UN, UR, UT, UV.
 #[inline]
-fn has_long_length(vr: [u8; 2]) -> bool {
+pub fn has_long_length(vr: [u8; 2]) -> bool {
     vr_class(vr) == 2
 }
 

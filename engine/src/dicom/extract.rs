@@ -7,7 +7,8 @@
 
 use super::charset::CharacterSets;
 use super::explicit_le::{
-    ExplicitLeScanner, PixelDataAt, Progress, ScanError, ScanLimits, Scanned, SortedTags,
+    has_long_length, ExplicitLeScanner, PixelDataAt, Progress, ScanError, ScanLimits, Scanned,
+    SortedTags,
 };
 use super::general::{
     extract_general_resume, looks_like_part10_without_meta, GeneralOutcome, GeneralPartial,
@@ -204,22 +205,7 @@ fn first_element_end(bytes: &[u8], transfer_syntax_uid: &str) -> Option<usize> {
         ts::IMPLICIT_VR_LE => Some(8 + u32_at(4, false)?),
         uid => {
             let big = uid == ts::EXPLICIT_VR_BE;
-            let long = matches!(
-                &b[4..6],
-                b"OB"
-                    | b"OD"
-                    | b"OF"
-                    | b"OL"
-                    | b"OV"
-                    | b"OW"
-                    | b"SQ"
-                    | b"SV"
-                    | b"UC"
-                    | b"UN"
-                    | b"UR"
-                    | b"UT"
-                    | b"UV"
-            );
+            let long = has_long_length([b[4], b[5]]);
             if long {
                 Some(12 + u32_at(8, big)?)
             } else {

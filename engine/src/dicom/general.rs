@@ -292,22 +292,7 @@ fn raw_header(encoding: Encoding, bytes: &[u8], at: usize) -> Option<RawHeader> 
 
 /// VRs with a 2-byte reserved field and a 4-byte length in explicit VR (PS3.5 7.1.2).
 fn has_long_length(vr: VR) -> bool {
-    matches!(
-        vr,
-        VR::OB
-            | VR::OD
-            | VR::OF
-            | VR::OL
-            | VR::OV
-            | VR::OW
-            | VR::SQ
-            | VR::SV
-            | VR::UC
-            | VR::UN
-            | VR::UR
-            | VR::UT
-            | VR::UV
-    )
+    super::explicit_le::has_long_length(vr.to_bytes())
 }
 
 /// Size of one number of a binary VR, for byte-swapping big endian values; `None` for VRs whose

@@ -784,33 +784,37 @@ impl Exec<'_> {
         }
     }
 
-    /// Index of the newest source (lower is newer) holding study `uid`.
-    fn newest_with_study(&self, uid: &str) -> Result<Option<usize>> {
-        for (i, s) in self.sources.iter().enumerate() {
-            let has = match s {
-                Source::Mem(m) => m
-                    .instances
-                    .values()
-                    .any(|x| x.attrs.study_instance_uid == uid),
-                Source::Run(r) => r.find_study(uid)?.is_some(),
-            };
-            if has {
-                return Ok(Some(i));
-            }
-        }
-        Ok(None)
+    /// Whether a source holds the study (`Level::Study`) or series (`Level::Series`) `uid`.
+    fn holds(source: &Source<'_>, level: Level, uid: &str) -> Result<bool> {
+        Ok(match (source, level) {
+            (Source::Mem(m), Level::Study) => m
+                .instances
+                .values()
+                .any(|x| x.attrs.study_instance_uid == uid),
+            (Source::Mem(m), _) => m
+                .instances
+                .values()
+                .any(|x| x.attrs.series_instance_uid == uid),
+            (Source::Run(r), Level::Study) => r.find_study(uid)?.is_some(),
+            (Source::Run(r), _) => r.find_series(uid)?.is_some(),
+        })
     }
 
-    fn newest_with_series(&self, uid: &str) -> Result<Option<usize>> {
+    /// The sources holding study or series `uid`, newest first.
+    fn holders(&self, level: Level, uid: &str) -> Result<Vec<Source<'_>>> {
+        let mut out = Vec::new();
+        for s in self.sources {
+            if Self::holds(s, level, uid)? {
+                out.push(*s);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Index of the newest source (lower is newer) holding study or series `uid`.
+    fn newest_holding(&self, level: Level, uid: &str) -> Result<Option<usize>> {
         for (i, s) in self.sources.iter().enumerate() {
-            let has = match s {
-                Source::Mem(m) => m
-                    .instances
-                    .values()
-                    .any(|x| x.attrs.series_instance_uid == uid),
-                Source::Run(r) => r.find_series(uid)?.is_some(),
-            };
-            if has {
+            if Self::holds(s, level, uid)? {
                 return Ok(Some(i));
             }
         }
@@ -862,19 +866,7 @@ impl Exec<'_> {
 
     /// Aggregates of a study over every source: (modalities, series, instances).
     fn study_aggregate(&self, uid: &str) -> Result<(String, u32, u32)> {
-        let mut holders = Vec::new();
-        for s in self.sources {
-            let has = match s {
-                Source::Mem(m) => m
-                    .instances
-                    .values()
-                    .any(|x| x.attrs.study_instance_uid == uid),
-                Source::Run(r) => r.find_study(uid)?.is_some(),
-            };
-            if has {
-                holders.push(*s);
-            }
-        }
+        let holders = self.holders(Level::Study, uid)?;
         // Fast path: one run holds the whole study and nothing in it died.
         if let ([Source::Run(r)], false) = (&holders[..], self.dead.by_study.contains_key(uid)) {
             if let Some(study) = r.find_study(uid)? {
@@ -962,14 +954,7 @@ impl Exec<'_> {
             let mut candidates: Vec<InstanceAttrs> = Vec::new();
             match source {
                 Source::Mem(m) => {
-                    let mut by_study: BTreeMap<&str, &MemInstance> = BTreeMap::new();
-                    for x in m.instances.values() {
-                        let e = by_study.entry(&x.attrs.study_instance_uid).or_insert(x);
-                        if x.seq > e.seq {
-                            *e = x;
-                        }
-                    }
-                    for x in by_study.values() {
+                    for x in newest_per(m, |a| &a.study_instance_uid).values() {
                         candidates.push(study_level(&x.attrs));
                     }
                 }
@@ -989,7 +974,7 @@ impl Exec<'_> {
                 if done.contains(&attrs.study_instance_uid) {
                     continue;
                 }
-                if self.newest_with_study(&attrs.study_instance_uid)? != Some(i) {
+                if self.newest_holding(Level::Study, &attrs.study_instance_uid)? != Some(i) {
                     continue; // a newer source holds this study and speaks for it
                 }
                 done.insert(attrs.study_instance_uid.clone());
@@ -1066,19 +1051,7 @@ impl Exec<'_> {
 
     /// Live instances of a series over every source.
     fn series_aggregate(&self, uid: &str) -> Result<u32> {
-        let mut holders = Vec::new();
-        for s in self.sources {
-            let has = match s {
-                Source::Mem(m) => m
-                    .instances
-                    .values()
-                    .any(|x| x.attrs.series_instance_uid == uid),
-                Source::Run(r) => r.find_series(uid)?.is_some(),
-            };
-            if has {
-                holders.push(*s);
-            }
-        }
+        let holders = self.holders(Level::Series, uid)?;
         if let ([Source::Run(r)], false) = (&holders[..], self.dead.by_series.contains_key(uid)) {
             if let Some(se) = r.find_series(uid)? {
                 return Ok(se.instance_count);
@@ -1121,14 +1094,7 @@ impl Exec<'_> {
             let mut candidates: Vec<InstanceAttrs> = Vec::new();
             match source {
                 Source::Mem(m) => {
-                    let mut by_series: BTreeMap<&str, &MemInstance> = BTreeMap::new();
-                    for x in m.instances.values() {
-                        let e = by_series.entry(&x.attrs.series_instance_uid).or_insert(x);
-                        if x.seq > e.seq {
-                            *e = x;
-                        }
-                    }
-                    for x in by_series.values() {
+                    for x in newest_per(m, |a| &a.series_instance_uid).values() {
                         candidates.push(series_level(&x.attrs));
                     }
                 }
@@ -1158,7 +1124,7 @@ impl Exec<'_> {
                 if done.contains(&attrs.series_instance_uid) {
                     continue;
                 }
-                if self.newest_with_series(&attrs.series_instance_uid)? != Some(i) {
+                if self.newest_holding(Level::Series, &attrs.series_instance_uid)? != Some(i) {
                     continue;
                 }
                 done.insert(attrs.series_instance_uid.clone());
@@ -1308,6 +1274,18 @@ fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io("fsync index directory", dir.display().to_string(), e))
+}
+
+/// The newest in-memory instance per study (or series): it gives their attributes.
+fn newest_per(m: &MemPart, key: fn(&InstanceAttrs) -> &String) -> BTreeMap<&str, &MemInstance> {
+    let mut out: BTreeMap<&str, &MemInstance> = BTreeMap::new();
+    for x in m.instances.values() {
+        let e = out.entry(key(&x.attrs).as_str()).or_insert(x);
+        if x.seq > e.seq {
+            *e = x;
+        }
+    }
+    out
 }
 
 fn patient_level(a: &InstanceAttrs) -> InstanceAttrs {
