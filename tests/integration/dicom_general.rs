@@ -22,12 +22,12 @@ use dicom_core::Tag as DTag;
 use dicom_object::file::ReadPreamble;
 use dicom_object::{InMemDicomObject, OpenFileOptions, StandardDataDictionary};
 use kuvasto_engine::dicom::charset::CharacterSets;
-use kuvasto_engine::dicom::explicit_le::{encode_element, Element, ScanError, ScanLimits, Scanned};
+use kuvasto_engine::dicom::explicit_le::{Element, ScanError, ScanLimits, Scanned};
 use kuvasto_engine::dicom::extract::{ExtractPath, Extractor, INDEXED};
 use kuvasto_engine::dicom::general::{
     extract_general, looks_like_part10_without_meta, GeneralScanned,
 };
-use kuvasto_engine::dicom::meta::{read_file_meta, ts, MetaLimits};
+use kuvasto_engine::dicom::meta::{encode_file_meta, read_file_meta, ts, MetaLimits};
 use kuvasto_engine::dicom::Tag;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -60,37 +60,8 @@ fn extract_like_the_caller(
 
 /// A Part-10 stream for a data set that has no file meta group, so dicom-object can read it.
 fn with_file_meta(transfer_syntax: &str, data_set: &[u8]) -> Vec<u8> {
-    let uid = |s: &str| {
-        let mut value = s.as_bytes().to_vec();
-        if value.len() % 2 == 1 {
-            value.push(0);
-        }
-        value
-    };
-    let body = [
-        encode_element(Tag::new(0x0002, 0x0001), b"OB", &[0, 1]),
-        encode_element(
-            Tag::new(0x0002, 0x0002),
-            b"UI",
-            &uid("1.2.840.10008.5.1.4.1.1.7"),
-        ),
-        encode_element(Tag::new(0x0002, 0x0003), b"UI", &uid("1.2.3.4")),
-        encode_element(Tag::new(0x0002, 0x0010), b"UI", &uid(transfer_syntax)),
-        encode_element(Tag::new(0x0002, 0x0012), b"UI", &uid("1.2.3.5")),
-    ]
-    .concat();
-    [
-        vec![0u8; 128],
-        b"DICM".to_vec(),
-        encode_element(
-            Tag::new(0x0002, 0x0000),
-            b"UL",
-            &(body.len() as u32).to_le_bytes(),
-        ),
-        body,
-        data_set.to_vec(),
-    ]
-    .concat()
+    let meta = encode_file_meta("1.2.840.10008.5.1.4.1.1.7", "1.2.3.4", transfer_syntax);
+    [meta, data_set.to_vec()].concat()
 }
 
 /// A short name for a transfer syntax, for the summary.

@@ -3,6 +3,7 @@
 //! object's commit and its metadata's.
 
 use kuvasto_engine::dicom::explicit_le::encode_element as el;
+use kuvasto_engine::dicom::meta::encode_file_meta;
 use kuvasto_engine::dicom::Tag;
 use kuvasto_engine::index::attrs::{tags, Level};
 use kuvasto_engine::index::catalog::{Hits, Query};
@@ -12,31 +13,7 @@ use kuvasto_engine::{Error, Namespace, Store, StoreConfig};
 use std::path::Path;
 
 fn meta_group(sop_class: &str, sop_instance: &str, transfer_syntax: &str) -> Vec<u8> {
-    let ui = |s: &str| {
-        let mut v = s.as_bytes().to_vec();
-        if v.len() % 2 == 1 {
-            v.push(0);
-        }
-        v
-    };
-    let body = [
-        el(Tag::new(0x0002, 0x0001), b"OB", &[0, 1]),
-        el(Tag::new(0x0002, 0x0002), b"UI", &ui(sop_class)),
-        el(Tag::new(0x0002, 0x0003), b"UI", &ui(sop_instance)),
-        el(Tag::new(0x0002, 0x0010), b"UI", &ui(transfer_syntax)),
-    ]
-    .concat();
-    [
-        vec![0u8; 128],
-        b"DICM".to_vec(),
-        el(
-            Tag::new(0x0002, 0x0000),
-            b"UL",
-            &(body.len() as u32).to_le_bytes(),
-        ),
-        body,
-    ]
-    .concat()
+    encode_file_meta(sop_class, sop_instance, transfer_syntax)
 }
 
 const CT: &str = "1.2.840.10008.5.1.4.1.1.2";

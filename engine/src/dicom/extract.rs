@@ -617,29 +617,12 @@ mod tests {
     use crate::dicom::explicit_le::encode_element as el;
 
     fn part10(transfer_syntax: &[u8], data_set: &[u8]) -> Vec<u8> {
-        let body = [
-            el(Tag::new(0x0002, 0x0001), b"OB", &[0, 1]),
-            el(
-                Tag::new(0x0002, 0x0002),
-                b"UI",
-                b"1.2.840.10008.5.1.4.1.1.2\0",
-            ),
-            el(Tag::new(0x0002, 0x0003), b"UI", b"1.2.3.4.5\0"),
-            el(Tag::new(0x0002, 0x0010), b"UI", transfer_syntax),
-        ]
-        .concat();
-        [
-            vec![0u8; 128],
-            b"DICM".to_vec(),
-            el(
-                Tag::new(0x0002, 0x0000),
-                b"UL",
-                &(body.len() as u32).to_le_bytes(),
-            ),
-            body,
-            data_set.to_vec(),
-        ]
-        .concat()
+        let ts = std::str::from_utf8(transfer_syntax)
+            .expect("ASCII")
+            .trim_end_matches('\0');
+        let meta =
+            crate::dicom::meta::encode_file_meta("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5", ts);
+        [meta, data_set.to_vec()].concat()
     }
 
     fn ct_data_set() -> Vec<u8> {

@@ -84,6 +84,61 @@ fn text(value: &[u8]) -> String {
     }
 }
 
+/// Kuvasto's Implementation Class UID (a UUID-derived UID, PS3.5 B.2), written in the file meta
+/// groups it creates.
+pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.190383722851164455416829387526470181969";
+/// Kuvasto's Implementation Version Name.
+pub const IMPLEMENTATION_VERSION_NAME: &str = "KUVASTO_0_1";
+
+/// A Part-10 preamble (zeros), `DICM` and a file meta group (PS3.10 7.1) for a data set: what
+/// an instance received without one (over DIMSE, or a raw data set) is stored with. UIDs are
+/// padded with NUL, the version name with a space, to even length.
+pub fn encode_file_meta(
+    sop_class_uid: &str,
+    sop_instance_uid: &str,
+    transfer_syntax_uid: &str,
+) -> Vec<u8> {
+    use super::explicit_le::encode_element as el;
+    let padded = |s: &str, pad: u8| {
+        let mut value = s.as_bytes().to_vec();
+        if value.len() % 2 == 1 {
+            value.push(pad);
+        }
+        value
+    };
+    let body = [
+        el(Tag::new(0x0002, 0x0001), b"OB", &[0, 1]),
+        el(Tag::new(0x0002, 0x0002), b"UI", &padded(sop_class_uid, 0)),
+        el(
+            Tag::new(0x0002, 0x0003),
+            b"UI",
+            &padded(sop_instance_uid, 0),
+        ),
+        el(
+            Tag::new(0x0002, 0x0010),
+            b"UI",
+            &padded(transfer_syntax_uid, 0),
+        ),
+        el(
+            Tag::new(0x0002, 0x0012),
+            b"UI",
+            &padded(IMPLEMENTATION_CLASS_UID, 0),
+        ),
+        el(
+            Tag::new(0x0002, 0x0013),
+            b"SH",
+            &padded(IMPLEMENTATION_VERSION_NAME, b' '),
+        ),
+    ]
+    .concat();
+    let group_length = el(
+        Tag::new(0x0002, 0x0000),
+        b"UL",
+        &(body.len() as u32).to_le_bytes(),
+    );
+    [&[0u8; 128][..], b"DICM", &group_length, &body].concat()
+}
+
 fn starts_group_2(b: &[u8]) -> bool {
     b.len() >= 4 && b[0] == 0x02 && b[1] == 0x00
 }
@@ -257,6 +312,25 @@ mod tests {
     fn data_set() -> Vec<u8> {
         // (0008,0060) CS "CT"
         vec![0x08, 0x00, 0x60, 0x00, b'C', b'S', 2, 0, b'C', b'T']
+    }
+
+    #[test]
+    fn an_encoded_file_meta_group_reads_back() {
+        let bytes = encode_file_meta("1.2.840.10008.5.1.4.1.1.2", "1.2.3", ts::EXPLICIT_VR_LE);
+        let meta = read_file_meta(&bytes, MetaLimits::default())
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(
+            meta.media_storage_sop_class_uid,
+            "1.2.840.10008.5.1.4.1.1.2"
+        );
+        assert_eq!(meta.media_storage_sop_instance_uid, "1.2.3");
+        assert_eq!(meta.transfer_syntax_uid, ts::EXPLICIT_VR_LE);
+        assert_eq!(
+            meta.implementation_class_uid.as_deref(),
+            Some(IMPLEMENTATION_CLASS_UID)
+        );
+        assert_eq!(meta.data_set_offset, bytes.len() as u64);
     }
 
     #[test]

@@ -824,13 +824,7 @@ impl Exec<'_> {
     /// Candidate study rows of a run for the query's study-level keys.
     fn study_candidates(&self, run: &Run) -> Result<Vec<u32>> {
         if let Some(uids) = exact(self.query, tags::STUDY_INSTANCE_UID) {
-            let mut rows = Vec::new();
-            for uid in uids {
-                if let Some(s) = run.find_study(uid)? {
-                    rows.push(s.row);
-                }
-            }
-            return Ok(rows);
+            return rows_of(&uids, |uid| Ok(run.find_study(uid)?.map(|s| s.row)));
         }
         let keyed = [
             (tags::ACCESSION_NUMBER, Section::KeyAccession),
@@ -1018,13 +1012,7 @@ impl Exec<'_> {
     /// Series rows of a run that may match.
     fn series_candidates(&self, run: &Run) -> Result<Vec<u32>> {
         if let Some(uids) = exact(self.query, tags::SERIES_INSTANCE_UID) {
-            let mut rows = Vec::new();
-            for uid in uids {
-                if let Some(s) = run.find_series(uid)? {
-                    rows.push(s.row);
-                }
-            }
-            return Ok(rows);
+            return rows_of(&uids, |uid| Ok(run.find_series(uid)?.map(|s| s.row)));
         }
         let study_keyed = [
             tags::STUDY_INSTANCE_UID,
@@ -1146,13 +1134,7 @@ impl Exec<'_> {
     /// Instance rows of a run that may match.
     fn instance_candidates(&self, run: &Run) -> Result<Vec<u32>> {
         if let Some(uids) = exact(self.query, tags::SOP_INSTANCE_UID) {
-            let mut rows = Vec::new();
-            for uid in uids {
-                if let Some(x) = run.find_instance(uid)? {
-                    rows.push(x.row);
-                }
-            }
-            return Ok(rows);
+            return rows_of(&uids, |uid| Ok(run.find_instance(uid)?.map(|x| x.row)));
         }
         let mut rows = Vec::new();
         for se in self.series_candidates(run)? {
@@ -1274,6 +1256,15 @@ fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io("fsync index directory", dir.display().to_string(), e))
+}
+
+/// The rows of the UIDs a list-of-UID key names (those the run holds).
+fn rows_of(uids: &[&str], find: impl Fn(&str) -> Result<Option<u32>>) -> Result<Vec<u32>> {
+    let mut rows = Vec::new();
+    for uid in uids {
+        rows.extend(find(uid)?);
+    }
+    Ok(rows)
 }
 
 /// The newest in-memory instance per study (or series): it gives their attributes.
