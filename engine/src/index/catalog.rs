@@ -18,7 +18,7 @@ use super::matching::Matcher;
 use super::run::{key_hash, Removal, Run, RunBuilder, RunCounts, Section, SeriesRow, StudyRow};
 use crate::dicom::Tag;
 use crate::error::{Error, Result};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -47,11 +47,76 @@ pub struct MemInstance {
 #[derive(Debug, Default)]
 pub struct MemPart {
     instances: BTreeMap<String, MemInstance>,
+    /// SOP Instance UIDs per study and per series, so that queries touch only the entries
+    /// of the studies and series they look at, not the whole part.
+    by_study: HashMap<String, BTreeSet<String>>,
+    by_series: HashMap<String, BTreeSet<String>>,
     /// Removals not yet in a run, with the segment of the record that caused them.
     removals: Vec<(Removal, u64)>,
 }
 
 impl MemPart {
+    fn put(&mut self, sop: String, instance: MemInstance) {
+        self.take(&sop);
+        let a = &instance.attrs;
+        self.by_study
+            .entry(a.study_instance_uid.clone())
+            .or_default()
+            .insert(sop.clone());
+        self.by_series
+            .entry(a.series_instance_uid.clone())
+            .or_default()
+            .insert(sop.clone());
+        self.instances.insert(sop, instance);
+    }
+
+    fn take(&mut self, sop: &str) -> Option<MemInstance> {
+        let instance = self.instances.remove(sop)?;
+        let a = &instance.attrs;
+        for (map, key) in [
+            (&mut self.by_study, &a.study_instance_uid),
+            (&mut self.by_series, &a.series_instance_uid),
+        ] {
+            if let Some(set) = map.get_mut(key) {
+                set.remove(sop);
+                if set.is_empty() {
+                    map.remove(key);
+                }
+            }
+        }
+        Some(instance)
+    }
+
+    /// Drops the entries (and removals) that came from `segments`.
+    fn forget_segments(&mut self, segments: &[u64]) {
+        let gone: Vec<String> = self
+            .instances
+            .iter()
+            .filter(|(_, m)| segments.contains(&m.segment_id))
+            .map(|(sop, _)| sop.clone())
+            .collect();
+        for sop in gone {
+            self.take(&sop);
+        }
+        self.removals.retain(|(_, s)| !segments.contains(s));
+    }
+
+    /// The instances of study `uid`.
+    fn in_study<'a>(&'a self, uid: &str) -> impl Iterator<Item = &'a MemInstance> + 'a {
+        let sops = self.by_study.get(uid);
+        sops.into_iter()
+            .flatten()
+            .filter_map(|sop| self.instances.get(sop))
+    }
+
+    /// The instances of series `uid`.
+    fn in_series<'a>(&'a self, uid: &str) -> impl Iterator<Item = &'a MemInstance> + 'a {
+        let sops = self.by_series.get(uid);
+        sops.into_iter()
+            .flatten()
+            .filter_map(|sop| self.instances.get(sop))
+    }
+
     pub fn len(&self) -> usize {
         self.instances.len()
     }
@@ -338,7 +403,7 @@ impl Catalog {
                 break;
             }
         }
-        state.mem.instances.insert(
+        state.mem.put(
             sop,
             MemInstance {
                 attrs,
@@ -362,7 +427,7 @@ impl Catalog {
                     m.attrs.study_instance_uid.clone(),
                     m.attrs.series_instance_uid.clone(),
                 ));
-                state.mem.instances.remove(sop_instance_uid);
+                state.mem.take(sop_instance_uid);
             }
         }
         let mut live = found.is_some();
@@ -441,11 +506,7 @@ impl Catalog {
         let covered = run.segments()?;
         let mut state = self.write();
         state.runs.push((id, run));
-        state
-            .mem
-            .instances
-            .retain(|_, m| !segments.contains(&m.segment_id));
-        state.mem.removals.retain(|(_, s)| !segments.contains(s));
+        state.mem.forget_segments(segments);
         state.covered.extend(covered);
         resolve_removals(&mut state)?;
         state.dead = rebuild_dead(&state)?;
@@ -787,14 +848,8 @@ impl Exec<'_> {
     /// Whether a source holds the study (`Level::Study`) or series (`Level::Series`) `uid`.
     fn holds(source: &Source<'_>, level: Level, uid: &str) -> Result<bool> {
         Ok(match (source, level) {
-            (Source::Mem(m), Level::Study) => m
-                .instances
-                .values()
-                .any(|x| x.attrs.study_instance_uid == uid),
-            (Source::Mem(m), _) => m
-                .instances
-                .values()
-                .any(|x| x.attrs.series_instance_uid == uid),
+            (Source::Mem(m), Level::Study) => m.by_study.contains_key(uid),
+            (Source::Mem(m), _) => m.by_series.contains_key(uid),
             (Source::Run(r), Level::Study) => r.find_study(uid)?.is_some(),
             (Source::Run(r), _) => r.find_series(uid)?.is_some(),
         })
@@ -878,11 +933,7 @@ impl Exec<'_> {
         for s in &holders {
             match s {
                 Source::Mem(m) => {
-                    for x in m
-                        .instances
-                        .values()
-                        .filter(|x| x.attrs.study_instance_uid == uid)
-                    {
+                    for x in m.in_study(uid) {
                         if seen.insert(x.attrs.sop_instance_uid.clone()) {
                             series.insert(x.attrs.series_instance_uid.clone());
                             if !x.attrs.modality.is_empty() {
@@ -1049,11 +1100,7 @@ impl Exec<'_> {
         for s in &holders {
             match s {
                 Source::Mem(m) => {
-                    for x in m
-                        .instances
-                        .values()
-                        .filter(|x| x.attrs.series_instance_uid == uid)
-                    {
+                    for x in m.in_series(uid) {
                         seen.insert(x.attrs.sop_instance_uid.clone());
                     }
                 }
@@ -1548,6 +1595,43 @@ mod tests {
             c.run_counts().len(),
             "merged runs' files are removed"
         );
+    }
+
+    #[test]
+    fn an_instance_moved_to_another_series_in_memory_counts_once_where_it_now_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, _) = Catalog::open(dir.path(), CatalogLimits::default()).unwrap();
+        c.insert(attrs(1, 1, 0, 0), InstanceLocation::default(), 1, 1)
+            .unwrap();
+        c.insert(attrs(1, 1, 0, 1), InstanceLocation::default(), 2, 1)
+            .unwrap();
+        let mut moved = attrs(1, 1, 0, 1);
+        moved.series_instance_uid = "1.2.1.9".into();
+        c.insert(moved, InstanceLocation::default(), 3, 1).unwrap();
+        let series_count = |c: &Catalog, uid: &str| {
+            let Hits::Series(h) = c
+                .query(&query(
+                    Level::Series,
+                    vec![filter(tags::SERIES_INSTANCE_UID, MatchVr::Uid, uid)],
+                ))
+                .unwrap()
+            else {
+                panic!()
+            };
+            h.first().map_or(0, |h| h.instance_count)
+        };
+        assert_eq!(series_count(&c, "1.2.1.0"), 1);
+        assert_eq!(series_count(&c, "1.2.1.9"), 1);
+        let study = studies(
+            &c,
+            vec![filter(tags::STUDY_INSTANCE_UID, MatchVr::Uid, "1.2.1")],
+        );
+        assert_eq!((study[0].series_count, study[0].instance_count), (2, 2));
+        assert!(c.remove("1.2.1.0.1", 4, 1).unwrap());
+        assert_eq!(series_count(&c, "1.2.1.9"), 0);
+        c.freeze().unwrap();
+        assert_eq!(series_count(&c, "1.2.1.0"), 1);
+        assert_eq!(c.mem_len(), 0);
     }
 
     #[test]
