@@ -319,6 +319,18 @@ impl Wants for SortedTags {
     }
 }
 
+/// Undefined length on a VR that cannot have it (only SQ, UN and encapsulated OB/OW can).
+fn undefined_length_error(header: &Header, offset: u64) -> ScanError {
+    ScanError::Malformed {
+        offset,
+        reason: format!(
+            "{} has undefined length with VR {}",
+            header.tag,
+            String::from_utf8_lossy(&header.vr)
+        ),
+    }
+}
+
 /// An open undefined-length sequence or item.
 #[derive(Debug, Clone, Copy)]
 struct Nest {
@@ -590,16 +602,7 @@ impl<W: Wants> ExplicitLeScanner<W> {
                 b"SQ" => false,
                 // UN of undefined length holds a sequence in implicit VR LE (PS3.5 6.2.2).
                 b"UN" => true,
-                vr => {
-                    return Err(ScanError::Malformed {
-                        offset,
-                        reason: format!(
-                            "{} has undefined length with VR {}",
-                            header.tag,
-                            String::from_utf8_lossy(vr)
-                        ),
-                    })
-                }
+                _ => return Err(undefined_length_error(&header, offset)),
             };
             self.push(header.tag, offset, NestKind::Sequence { implicit })?;
             return Ok(Step::Next(value_at));
@@ -736,16 +739,7 @@ impl<W: Wants> ExplicitLeScanner<W> {
                 // Nested sequences, and encapsulated pixel data of an icon: items up to a
                 // sequence delimiter either way.
                 (false, b"SQ" | b"OB" | b"OW") => false,
-                (false, vr) => {
-                    return Err(ScanError::Malformed {
-                        offset,
-                        reason: format!(
-                            "{} has undefined length with VR {}",
-                            header.tag,
-                            String::from_utf8_lossy(vr)
-                        ),
-                    })
-                }
+                (false, _) => return Err(undefined_length_error(&header, offset)),
             };
             self.push(
                 header.tag,

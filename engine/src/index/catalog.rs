@@ -866,6 +866,23 @@ impl Exec<'_> {
         Ok(out)
     }
 
+    /// Whether source `i`'s candidate study or series `uid` is the one to evaluate: not seen
+    /// yet in this query, and `i` is the newest source holding it (a newer source speaks for
+    /// it otherwise). Marks it seen.
+    fn first_sighting(
+        &self,
+        done: &mut HashSet<String>,
+        level: Level,
+        uid: &str,
+        i: usize,
+    ) -> Result<bool> {
+        if done.contains(uid) || self.newest_holding(level, uid)? != Some(i) {
+            return Ok(false);
+        }
+        done.insert(uid.to_string());
+        Ok(true)
+    }
+
     /// Index of the newest source (lower is newer) holding study or series `uid`.
     fn newest_holding(&self, level: Level, uid: &str) -> Result<Option<usize>> {
         for (i, s) in self.sources.iter().enumerate() {
@@ -1016,13 +1033,9 @@ impl Exec<'_> {
                 if out.len() >= self.want {
                     return Ok(out);
                 }
-                if done.contains(&attrs.study_instance_uid) {
+                if !self.first_sighting(&mut done, Level::Study, &attrs.study_instance_uid, i)? {
                     continue;
                 }
-                if self.newest_holding(Level::Study, &attrs.study_instance_uid)? != Some(i) {
-                    continue; // a newer source holds this study and speaks for it
-                }
-                done.insert(attrs.study_instance_uid.clone());
                 if !self.accepts(&attrs, &levels) || !self.combined_date_time_ok(&attrs) {
                     continue;
                 }
@@ -1156,13 +1169,9 @@ impl Exec<'_> {
                 if out.len() >= self.want {
                     return Ok(out);
                 }
-                if done.contains(&attrs.series_instance_uid) {
+                if !self.first_sighting(&mut done, Level::Series, &attrs.series_instance_uid, i)? {
                     continue;
                 }
-                if self.newest_holding(Level::Series, &attrs.series_instance_uid)? != Some(i) {
-                    continue;
-                }
-                done.insert(attrs.series_instance_uid.clone());
                 if !self.accepts(&attrs, &levels) || !self.combined_date_time_ok(&attrs) {
                     continue;
                 }
