@@ -99,6 +99,10 @@ pub enum DicomError {
     /// A stored metadata record cannot be read.
     #[error(transparent)]
     Metadata(#[from] MetadataError),
+    /// An instance with this SOP Instance UID is stored with different bytes, and the put's
+    /// [`DuplicatePolicy`] is to refuse.
+    #[error("instance {sop_instance_uid} is already stored with different content")]
+    Duplicate { sop_instance_uid: String },
     /// The object has no file meta group and its SOP Instance UID was not found early enough
     /// to name it.
     #[error("no file meta information, and no SOP Instance UID in the first {0} bytes")]
@@ -113,6 +117,7 @@ pub struct InstanceStored {
     pub path: ExtractPath,
     pub frames: usize,
     pub bulk_values: usize,
+    pub outcome: PutOutcome,
 }
 
 /// The catalog and its indexer thread.
@@ -643,6 +648,32 @@ fn read_into(
     })
 }
 
+/// What a put does when an instance with the same SOP Instance UID is already stored.
+///
+/// Either way a put whose bytes equal the stored instance's is idempotent: nothing is written
+/// (the bytes are compared as they arrive, against the stored object, and the new object is
+/// only written from the first byte that differs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DuplicatePolicy {
+    /// Different bytes replace the stored instance (a new version; the old one is reclaimed
+    /// by compaction).
+    #[default]
+    Replace,
+    /// Different bytes are refused with [`DicomError::Duplicate`], as soon as they differ.
+    Reject,
+}
+
+/// How a put ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// A new instance.
+    Stored,
+    /// The same bytes were already stored: nothing was written.
+    Identical,
+    /// A different instance with the same SOP Instance UID was replaced.
+    Replaced,
+}
+
 /// An instance put in progress (see the module documentation). Dropping it without
 /// [`InstancePut::finish`] abandons it: nothing becomes visible.
 pub struct InstancePut<'s> {
@@ -652,6 +683,12 @@ pub struct InstancePut<'s> {
     /// Bytes received before the key was known (the file meta group, normally).
     held: Vec<u8>,
     held_bytes_max: usize,
+    duplicates: DuplicatePolicy,
+    /// The stored instance with this key, while every byte received so far equals its bytes
+    /// (nothing is written meanwhile).
+    same_as: Option<Object>,
+    /// An instance with this key existed and differed.
+    replacing: bool,
 }
 
 impl<'s> InstancePut<'s> {
@@ -663,18 +700,57 @@ impl<'s> InstancePut<'s> {
             stream: None,
             held: Vec::new(),
             held_bytes_max: config.scan_limits.buffered_bytes_max,
+            duplicates: DuplicatePolicy::default(),
+            same_as: None,
+            replacing: false,
         }
+    }
+
+    /// Sets what happens when the SOP Instance UID is already stored (default: replace).
+    pub fn on_duplicate(mut self, policy: DuplicatePolicy) -> Self {
+        self.duplicates = policy;
+        self
     }
 
     /// Appends the next bytes of the Part-10 stream.
     pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        let at = self.reader.len;
         self.reader.feed(bytes)?;
         if let Some(stream) = &mut self.stream {
             return stream.write(bytes);
         }
+        if let Some(existing) = self.same_as.take() {
+            if same_bytes(&existing, at, bytes)? {
+                self.same_as = Some(existing);
+                return Ok(());
+            }
+            // Bytes 0..at equal the stored instance's: it supplies them.
+            self.replacing = true;
+            let mut stream = diverge(
+                self.store,
+                self.duplicates,
+                &existing.key,
+                Some(&existing),
+                at,
+            )?;
+            stream.write(bytes)?;
+            self.stream = Some(stream);
+            return Ok(());
+        }
         if let Some(key) = self.reader.key() {
-            let mut stream = self.store.put_stream(Namespace::OBJECT, key.as_bytes())?;
-            stream.write(&std::mem::take(&mut self.held))?;
+            let held = std::mem::take(&mut self.held);
+            let mut stream = match self.store.get(Namespace::OBJECT, key.as_bytes())? {
+                Some(existing) => {
+                    if same_bytes(&existing, 0, &held)? && same_bytes(&existing, at, bytes)? {
+                        self.same_as = Some(existing);
+                        return Ok(());
+                    }
+                    self.replacing = true;
+                    diverge(self.store, self.duplicates, key.as_bytes(), None, 0)?
+                }
+                None => self.store.put_stream(Namespace::OBJECT, key.as_bytes())?,
+            };
+            stream.write(&held)?;
             stream.write(bytes)?;
             self.stream = Some(stream);
             return Ok(());
@@ -688,11 +764,79 @@ impl<'s> InstancePut<'s> {
 
     /// Checks the instance, commits the object, writes its metadata record and indexes it;
     /// returns once all of that is durable.
-    pub fn finish(mut self) -> Result<InstanceStored> {
+    pub fn finish(self) -> Result<InstanceStored> {
+        match self.finish_checked(|_| Ok::<(), std::convert::Infallible>(()))? {
+            Ok(stored) => Ok(stored),
+            Err(never) => match never {},
+        }
+    }
+
+    /// As [`InstancePut::finish`], but first hands the instance's attributes to `check`
+    /// (the caller's rules); an `Err` from it abandons the put (nothing becomes visible) and
+    /// is returned as the inner error.
+    pub fn finish_checked<E>(
+        mut self,
+        check: impl FnOnce(&InstanceAttrs) -> std::result::Result<(), E>,
+    ) -> Result<std::result::Result<InstanceStored, E>> {
         let object_len = self.reader.len;
         let read = self.reader.finish(object_len)?;
+        if let Err(refused) = check(&read.attrs) {
+            return Ok(Err(refused));
+        }
         let key = read.attrs.sop_instance_uid.clone();
-        let stream = match self.stream.take() {
+        let mut outcome = PutOutcome::Stored;
+        let stream = match (self.stream.take(), self.same_as.take()) {
+            (Some(stream), _) => Some(stream),
+            (None, Some(existing)) if existing.len == object_len => {
+                return identical(self.store, existing, read).map(Ok);
+            }
+            // A prefix of the stored instance: different bytes.
+            (None, Some(existing)) => {
+                self.replacing = true;
+                Some(diverge(
+                    self.store,
+                    self.duplicates,
+                    key.as_bytes(),
+                    Some(&existing),
+                    object_len,
+                )?)
+            }
+            // The key became known only now (no file meta group): check for a stored one.
+            (None, None) => match self.store.get(Namespace::OBJECT, key.as_bytes())? {
+                Some(existing) if existing.len == object_len => {
+                    if same_bytes(&existing, 0, &self.held)? {
+                        return identical(self.store, existing, read).map(Ok);
+                    }
+                    self.replacing = true;
+                    Some(diverge(
+                        self.store,
+                        self.duplicates,
+                        key.as_bytes(),
+                        None,
+                        0,
+                    )?)
+                }
+                Some(_) => {
+                    self.replacing = true;
+                    Some(diverge(
+                        self.store,
+                        self.duplicates,
+                        key.as_bytes(),
+                        None,
+                        0,
+                    )?)
+                }
+                None => None,
+            },
+        };
+        let stream = match stream {
+            Some(mut stream) if !self.held.is_empty() => {
+                stream.write(&std::mem::take(&mut self.held))?;
+                Some(stream)
+            }
+            other => other,
+        };
+        let stream = match stream {
             Some(stream) => stream,
             None => {
                 let mut stream = self.store.put_stream(Namespace::OBJECT, key.as_bytes())?;
@@ -700,40 +844,115 @@ impl<'s> InstancePut<'s> {
                 stream
             }
         };
+        if self.replacing {
+            outcome = PutOutcome::Replaced;
+        }
         let committed = stream.finish()?;
         let Some(object) = self.store.get(Namespace::OBJECT, key.as_bytes())? else {
             return Err(Error::InvalidArgument(format!(
                 "instance {key} vanished right after its commit (deleted concurrently)"
             )));
         };
-        let config = &self.store.instances().config;
-        let path = read.extracted.path;
-        let metadata = build_metadata(config, &object, read, committed.seq)?;
-        let frames = metadata.frames.len();
-        let bulk_values = metadata.bulk.len();
-        let md_committed =
-            self.store
-                .put(Namespace::METADATA, key.as_bytes(), &metadata.encode())?;
-        if let Some(catalog) = &self.store.instances().catalog {
-            catalog.insert(
-                metadata.attrs.clone(),
-                InstanceLocation {
-                    segment_id: committed.segment_id,
-                    offset: committed.offset,
-                    object_len: committed.len,
-                },
-                committed.seq,
-                md_committed.segment_id,
-            )?;
-        }
-        Ok(InstanceStored {
+        describe(self.store, &object, read, committed, outcome).map(Ok)
+    }
+}
+
+/// The received bytes equal the stored instance's: nothing to write, unless its metadata
+/// record is missing (a crash between the two commits), which is written now.
+fn identical(store: &Store, existing: Object, read: Read) -> Result<InstanceStored> {
+    let committed = Committed {
+        seq: existing.seq,
+        segment_id: existing.segment_id,
+        offset: existing.offset,
+        len: existing.len,
+    };
+    match metadata_of(store, &read.attrs.sop_instance_uid)? {
+        Some(metadata) => Ok(InstanceStored {
             committed,
             attrs: metadata.attrs,
-            path,
-            frames,
-            bulk_values,
-        })
+            path: read.extracted.path,
+            frames: metadata.frames.len(),
+            bulk_values: metadata.bulk.len(),
+            outcome: PutOutcome::Identical,
+        }),
+        None => describe(store, &existing, read, committed, PutOutcome::Identical),
     }
+}
+
+/// Writes the metadata record of the committed `object` and indexes it.
+fn describe(
+    store: &Store,
+    object: &Object,
+    read: Read,
+    committed: Committed,
+    outcome: PutOutcome,
+) -> Result<InstanceStored> {
+    let key = read.attrs.sop_instance_uid.clone();
+    let config = &store.instances().config;
+    let path = read.extracted.path;
+    let metadata = build_metadata(config, object, read, committed.seq)?;
+    let frames = metadata.frames.len();
+    let bulk_values = metadata.bulk.len();
+    let md_committed = store.put(Namespace::METADATA, key.as_bytes(), &metadata.encode())?;
+    if let Some(catalog) = &store.instances().catalog {
+        catalog.insert(
+            metadata.attrs.clone(),
+            InstanceLocation {
+                segment_id: committed.segment_id,
+                offset: committed.offset,
+                object_len: committed.len,
+            },
+            committed.seq,
+            md_committed.segment_id,
+        )?;
+    }
+    Ok(InstanceStored {
+        committed,
+        attrs: metadata.attrs,
+        path,
+        frames,
+        bulk_values,
+        outcome,
+    })
+}
+
+/// The received bytes differ from the stored instance's: refuse, or start the new object
+/// with the first `equal_bytes` of `existing` (the received bytes that matched).
+fn diverge(
+    store: &Store,
+    policy: DuplicatePolicy,
+    key: &[u8],
+    existing: Option<&Object>,
+    equal_bytes: u64,
+) -> Result<PutStream> {
+    if policy == DuplicatePolicy::Reject {
+        return Err(DicomError::Duplicate {
+            sop_instance_uid: String::from_utf8_lossy(key).into_owned(),
+        }
+        .into());
+    }
+    let mut stream = store.put_stream(Namespace::OBJECT, key)?;
+    if let Some(existing) = existing {
+        existing.visit_range(0..equal_bytes, &mut |b| stream.write(b))?;
+    }
+    Ok(stream)
+}
+
+/// Whether `bytes` equal the stored object's bytes at `at` (read and verified from it).
+fn same_bytes(object: &Object, at: u64, bytes: &[u8]) -> Result<bool> {
+    let end = at + bytes.len() as u64;
+    if end > object.len {
+        return Ok(false);
+    }
+    let mut rest = bytes;
+    let mut same = true;
+    object.visit_range(at..end, &mut |stored| {
+        let (mine, after) = rest.split_at(stored.len());
+        same &= mine == stored;
+        rest = after;
+        Ok(())
+    })?;
+    Ok(same)
 }
 
 /// The current metadata record of an instance (`None` if there is no such instance or its

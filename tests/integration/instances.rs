@@ -432,3 +432,94 @@ fn pydicom_samples_are_stored_and_found() {
         assert!(store.instance_metadata(sop).unwrap().is_some());
     }
 }
+
+#[test]
+fn duplicates_are_idempotent_when_identical_and_follow_the_policy_when_not() {
+    use kuvasto_engine::instances::{DuplicatePolicy, PutOutcome};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    let first = ct("P1", "1.2.3", "1.2.3.1", "1.2.3.1.1", 1);
+    let stored = put(&store, &first, 4096).unwrap();
+    assert_eq!(stored.outcome, PutOutcome::Stored);
+    let written = store
+        .engine_stats()
+        .bytes_written
+        .load(std::sync::atomic::Ordering::Relaxed);
+
+    // The same bytes again, in other pieces, under either policy: nothing is written.
+    for policy in [DuplicatePolicy::Reject, DuplicatePolicy::Replace] {
+        let mut again = store.put_instance().on_duplicate(policy);
+        for piece in first.chunks(777) {
+            again.write(piece).unwrap();
+        }
+        let again = again.finish().unwrap();
+        assert_eq!(again.outcome, PutOutcome::Identical);
+        assert_eq!(again.committed, stored.committed);
+        assert_eq!(again.frames, 3);
+    }
+    let after = store
+        .engine_stats()
+        .bytes_written
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(after, written, "an identical put writes nothing");
+
+    // Different bytes (another instance number, and a prefix of the stored bytes): refused
+    // under Reject, and the stored instance is untouched.
+    let changed = ct("P1", "1.2.3", "1.2.3.1", "1.2.3.1.1", 2);
+    let mut refused = store.put_instance().on_duplicate(DuplicatePolicy::Reject);
+    let err = changed
+        .chunks(1000)
+        .try_for_each(|piece| refused.write(piece))
+        .and_then(|()| refused.finish().map(|_| ()))
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Dicom(DicomError::Duplicate { ref sop_instance_uid }) if sop_instance_uid == "1.2.3.1.1"),
+        "{err}"
+    );
+    let mut prefix = store.put_instance().on_duplicate(DuplicatePolicy::Reject);
+    prefix.write(&first[..first.len() - 2]).unwrap();
+    assert!(
+        prefix.finish().is_err(),
+        "a prefix of the stored bytes is not the same instance"
+    );
+    let object = store.get(Namespace::OBJECT, b"1.2.3.1.1").unwrap().unwrap();
+    assert_eq!(object.read_all().unwrap(), first);
+
+    // Under Replace the new bytes win, including the part that equalled the stored bytes.
+    let replaced = store.put_instance().on_duplicate(DuplicatePolicy::Replace);
+    let mut replaced = replaced;
+    for piece in changed.chunks(1000) {
+        replaced.write(piece).unwrap();
+    }
+    let replaced = replaced.finish().unwrap();
+    assert_eq!(replaced.outcome, PutOutcome::Replaced);
+    let object = store.get(Namespace::OBJECT, b"1.2.3.1.1").unwrap().unwrap();
+    assert_eq!(object.read_all().unwrap(), changed);
+    let md = store.instance_metadata("1.2.3.1.1").unwrap().unwrap();
+    assert_eq!(md.attrs.instance_number, Some(2));
+    assert_eq!(md.object_seq, replaced.committed.seq);
+}
+
+#[test]
+fn a_caller_check_refuses_before_anything_is_visible() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    let bytes = ct("P1", "1.2.3", "1.2.3.1", "1.2.3.1.1", 1);
+    let mut put = store.put_instance();
+    put.write(&bytes).unwrap();
+    let outcome = put
+        .finish_checked(|attrs| {
+            if attrs.study_instance_uid == "9.9.9" {
+                Ok(())
+            } else {
+                Err(format!("study {} is not 9.9.9", attrs.study_instance_uid))
+            }
+        })
+        .unwrap();
+    assert_eq!(outcome.unwrap_err(), "study 1.2.3 is not 9.9.9");
+    assert!(store
+        .get(Namespace::OBJECT, b"1.2.3.1.1")
+        .unwrap()
+        .is_none());
+    assert!(store.instance_metadata("1.2.3.1.1").unwrap().is_none());
+}

@@ -168,7 +168,40 @@ pub struct Object {
     pub key: Vec<u8>,
     pub len: u64,
     pub seq: u64,
+    /// Where the object's blob or manifest record is.
+    pub segment_id: u64,
+    pub offset: u64,
     pub parts: Vec<Part>,
+}
+
+/// Verified object bytes that own their place (see [`Object::visit_range_shared`]).
+#[derive(Debug)]
+pub enum SharedBytes {
+    /// A stretch of a sealed segment's mapping, kept alive by the handle.
+    Mapped {
+        segment: Arc<SegmentHandle>,
+        start: usize,
+        end: usize,
+    },
+    /// Bytes read from the unsealed segment.
+    Owned(Vec<u8>),
+}
+
+impl AsRef<[u8]> for SharedBytes {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            SharedBytes::Mapped {
+                segment,
+                start,
+                end,
+            } => match segment.sealed_bytes() {
+                Some(map) => &map[*start..*end],
+                // A sealed handle never loses its mapping; constructed only when sealed.
+                None => unreachable!("SharedBytes::Mapped of an unsealed segment"),
+            },
+            SharedBytes::Owned(bytes) => bytes,
+        }
+    }
 }
 
 /// How to find a segment by id (missing: compaction removed it; the caller retries).
@@ -207,6 +240,8 @@ impl Object {
                 key: key.to_vec(),
                 len: h.body_len,
                 seq: h.seq,
+                segment_id,
+                offset,
                 parts: vec![Part {
                     segment,
                     record,
@@ -249,6 +284,8 @@ impl Object {
                     key: key.to_vec(),
                     len,
                     seq: h.seq,
+                    segment_id,
+                    offset,
                     parts,
                 }))
             }
@@ -291,6 +328,49 @@ impl Object {
             let from = range.start.saturating_sub(part.object_offset);
             let to = (range.end - part.object_offset).min(part_len);
             visit_body(&part.segment, &part.record, from..to, f)?;
+        }
+        Ok(())
+    }
+
+    /// Calls `f` with the verified bytes of `range` as [`SharedBytes`] that own their place:
+    /// pieces of sealed segments point into the mapping (no copy, at most one piece per
+    /// stored part), pieces of the unsealed segment are read into buffers of at most
+    /// 1 MiB. For handing object bytes to another thread or a network stack.
+    pub fn visit_range_shared(
+        &self,
+        range: Range<u64>,
+        f: &mut dyn FnMut(SharedBytes) -> Result<()>,
+    ) -> Result<()> {
+        if range.start > range.end || range.end > self.len {
+            return Err(Error::InvalidArgument(format!(
+                "range {}..{} outside object of {} bytes",
+                range.start, range.end, self.len
+            )));
+        }
+        let first = self
+            .parts
+            .partition_point(|p| p.object_offset + p.record.header.body_len <= range.start);
+        for part in &self.parts[first..] {
+            if part.object_offset >= range.end {
+                break;
+            }
+            let part_len = part.record.header.body_len;
+            let from = range.start.saturating_sub(part.object_offset);
+            let to = (range.end - part.object_offset).min(part_len);
+            if part.segment.is_sealed() {
+                // Verify every block the range touches, then lend the mapping itself.
+                visit_body(&part.segment, &part.record, from..to, &mut |_| Ok(()))?;
+                let start = part.record.body_start + from;
+                f(SharedBytes::Mapped {
+                    segment: part.segment.clone(),
+                    start: start as usize,
+                    end: (start + (to - from)) as usize,
+                })?;
+            } else {
+                visit_body(&part.segment, &part.record, from..to, &mut |b| {
+                    f(SharedBytes::Owned(b.to_vec()))
+                })?;
+            }
         }
         Ok(())
     }
