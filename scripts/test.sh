@@ -24,11 +24,16 @@ cargo fmt --all -- --check
 step "lint"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "python test dependencies (.venv: pydicom and its sample files)"
+step "system test dependencies (curl, a client the DICOMweb tests drive the server with)"
+if ! command -v curl >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq curl
+fi
+
+step "python test dependencies (.venv: pydicom and its sample files, dicomweb-client)"
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/pip install --quiet --disable-pip-version-check "pydicom>=3,<4"
+.venv/bin/pip install --quiet --disable-pip-version-check "pydicom>=3,<4" "dicomweb-client>=0.59,<1"
 export KUVASTO_REQUIRE_SAMPLES=1
 
 step "tests: unit, property, fault injection, kill -9, DICOM differential"

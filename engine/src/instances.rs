@@ -706,6 +706,15 @@ impl<'s> InstancePut<'s> {
         }
     }
 
+    /// The SOP Class and SOP Instance UIDs the file meta group declares, once read (for
+    /// reporting a refused instance by name).
+    pub fn declared_sop(&self) -> Option<(String, String)> {
+        let meta = self.reader.extractor.meta()?;
+        let trim = |s: &str| s.trim_end_matches(['\0', ' ']).to_string();
+        let instance = trim(&meta.media_storage_sop_instance_uid);
+        (!instance.is_empty()).then(|| (trim(&meta.media_storage_sop_class_uid), instance))
+    }
+
     /// Sets what happens when the SOP Instance UID is already stored (default: replace).
     pub fn on_duplicate(mut self, policy: DuplicatePolicy) -> Self {
         self.duplicates = policy;

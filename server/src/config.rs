@@ -1,26 +1,144 @@
-//! Server configuration: command-line flags with environment overrides.
+//! Server configuration: built-in defaults, then a TOML file, then environment variables, then
+//! command-line flags (each overrides the one before).
+//!
+//! The file is `--config PATH` (`KUVASTO_CONFIG`), or `kuvasto.toml` in the working directory
+//! when it exists. Every key is documented in `docs/configuration.md`; an unknown key is an
+//! error, so a misspelt setting is never silently ignored.
 
+use anyhow::Context;
 use clap::Args;
 use kuvasto_engine::dicom::Tag;
+use kuvasto_engine::instances::DuplicatePolicy;
 use kuvasto_engine::StoreConfig;
-use std::path::PathBuf;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
-/// Where and how the engine stores data.
-#[derive(Debug, Clone, Args)]
-pub struct StorageArgs {
-    /// Data directory (created if missing).
-    #[arg(long, env = "KUVASTO_DATA_DIR", default_value = "kuvasto-data")]
-    pub data_dir: PathBuf,
-    /// Seal segments at this size (MiB).
-    #[arg(long, env = "KUVASTO_SEGMENT_SIZE_MIB", default_value_t = 1024)]
-    pub segment_size_mib: u64,
-    /// Write segments with O_DIRECT (recommended; `false` uses the page cache).
-    #[arg(long, env = "KUVASTO_DIRECT_IO", default_value_t = true, action = clap::ArgAction::Set)]
-    pub direct_io: bool,
+/// The configuration file read when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "kuvasto.toml";
+
+/// Flags (and their environment variables) that override the configuration file.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ConfigArgs {
+    /// Configuration file (TOML; default: ./kuvasto.toml when present).
+    #[arg(long, env = "KUVASTO_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory (created if missing; default ./kuvasto-data).
+    #[arg(long, env = "KUVASTO_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Seal segments at this size (MiB; default 1024).
+    #[arg(long, env = "KUVASTO_SEGMENT_SIZE_MIB")]
+    pub segment_size_mib: Option<u64>,
+    /// Write segments with O_DIRECT (default true; `false` uses the page cache).
+    #[arg(long, env = "KUVASTO_DIRECT_IO")]
+    pub direct_io: Option<bool>,
     /// Extra top-level attributes to index, as `GGGGEEEE` hex tags, comma-separated
     /// (e.g. `00180050,00081090`).
     #[arg(long, env = "KUVASTO_INDEX_EXTRA_TAGS", value_delimiter = ',', value_parser = parse_tag)]
-    pub index_extra_tags: Vec<Tag>,
+    pub index_extra_tags: Option<Vec<Tag>>,
+    /// HTTP listen address (default 127.0.0.1:8080; port 0 picks a free port).
+    #[arg(long, env = "KUVASTO_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// Base URL clients reach the server at, for RetrieveURL and BulkDataURI values
+    /// (default: from each request's Host header).
+    #[arg(long, env = "KUVASTO_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// The organisation local, unauthenticated requests act for (default "local").
+    #[arg(long, env = "KUVASTO_ORGANISATION")]
+    pub organisation: Option<String>,
+    /// A stored SOP Instance UID arriving with different bytes: `reject` (default) or
+    /// `replace`. Identical bytes are always accepted without a second copy.
+    #[arg(long, env = "KUVASTO_DUPLICATES", value_parser = parse_duplicates)]
+    pub duplicates: Option<DuplicatePolicy>,
+    /// Write the bound HTTP address to this file once the server accepts connections.
+    #[arg(long, env = "KUVASTO_ADDRESS_FILE")]
+    pub address_file: Option<PathBuf>,
+}
+
+/// The whole configuration, as the file spells it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub storage: StorageSection,
+    pub http: HttpSection,
+    pub archive: ArchiveSection,
+    /// Not in the file: from `--address-file` only.
+    #[serde(skip)]
+    pub address_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    pub data_dir: PathBuf,
+    pub segment_size_mib: u64,
+    pub direct_io: bool,
+    /// `GGGGEEEE` hex tags.
+    pub index_extra_tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    pub listen: SocketAddr,
+    /// Empty: derived from the request's Host header.
+    pub public_url: String,
+    /// Requests served at once; more wait for a slot.
+    pub requests_max: usize,
+    /// After SIGTERM/SIGINT, in-flight requests get this long to finish; then they are
+    /// abandoned (an upload's unfinished instance never becomes visible).
+    pub shutdown_grace_seconds: u64,
+    /// Body bytes a STOW request may have queued between the network and the engine.
+    pub stow_queue_chunks_max: usize,
+    /// Largest part header block of a multipart body.
+    pub part_header_bytes_max: usize,
+    /// Most parts in one STOW request.
+    pub parts_max: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveSection {
+    pub organisation: String,
+    /// `reject` or `replace`.
+    pub duplicates: String,
+    /// Accept SOP classes the standard's registry does not list (private classes).
+    pub accept_unknown_sop_classes: bool,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        StorageSection {
+            data_dir: PathBuf::from("kuvasto-data"),
+            segment_size_mib: 1024,
+            direct_io: true,
+            index_extra_tags: Vec::new(),
+        }
+    }
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: String::new(),
+            requests_max: 256,
+            shutdown_grace_seconds: 30,
+            stow_queue_chunks_max: 16,
+            part_header_bytes_max: 16 << 10,
+            parts_max: 100_000,
+        }
+    }
+}
+
+impl Default for ArchiveSection {
+    fn default() -> Self {
+        ArchiveSection {
+            organisation: "local".into(),
+            duplicates: "reject".into(),
+            accept_unknown_sop_classes: false,
+        }
+    }
 }
 
 /// Parses `GGGGEEEE` (optionally `(GGGG,EEEE)`) into a tag.
@@ -39,15 +157,119 @@ pub fn parse_tag(text: &str) -> Result<Tag, String> {
         .map_err(|_| format!("{text:?} is not a tag: expected 8 hex digits, GGGGEEEE"))
 }
 
-impl StorageArgs {
-    pub fn store_config(&self) -> StoreConfig {
+/// Parses `reject` or `replace`.
+pub fn parse_duplicates(text: &str) -> Result<DuplicatePolicy, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "reject" => Ok(DuplicatePolicy::Reject),
+        "replace" => Ok(DuplicatePolicy::Replace),
+        other => Err(format!(
+            "{other:?} is not a duplicate policy: expected `reject` or `replace`"
+        )),
+    }
+}
+
+fn tag_text(tag: Tag) -> String {
+    format!("{:08X}", tag.0)
+}
+
+impl ConfigArgs {
+    /// Reads the file (if any) and applies the environment and flags over it.
+    pub fn resolve(&self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                Config::from_file(Path::new(DEFAULT_CONFIG_FILE))?
+            }
+            None => Config::default(),
+        };
+        if let Some(v) = &self.data_dir {
+            config.storage.data_dir = v.clone();
+        }
+        if let Some(v) = self.segment_size_mib {
+            config.storage.segment_size_mib = v;
+        }
+        if let Some(v) = self.direct_io {
+            config.storage.direct_io = v;
+        }
+        if let Some(v) = &self.index_extra_tags {
+            config.storage.index_extra_tags = v.iter().map(|&t| tag_text(t)).collect();
+        }
+        if let Some(v) = self.http_listen {
+            config.http.listen = v;
+        }
+        if let Some(v) = &self.public_url {
+            config.http.public_url = v.clone();
+        }
+        if let Some(v) = &self.organisation {
+            config.archive.organisation = v.clone();
+        }
+        if let Some(v) = self.duplicates {
+            config.archive.duplicates = match v {
+                DuplicatePolicy::Reject => "reject".into(),
+                DuplicatePolicy::Replace => "replace".into(),
+            };
+        }
+        config.address_file = self.address_file.clone();
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl Config {
+    /// Parses a TOML configuration file.
+    pub fn from_file(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the configuration file {}", path.display()))?;
+        Config::from_toml(&text)
+            .with_context(|| format!("in the configuration file {}", path.display()))
+    }
+
+    pub fn from_toml(text: &str) -> anyhow::Result<Config> {
+        let config: Config = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        self.duplicate_policy()?;
+        self.extra_tags()?;
+        anyhow::ensure!(
+            self.http.requests_max > 0,
+            "http.requests_max must be at least 1"
+        );
+        anyhow::ensure!(
+            self.http.stow_queue_chunks_max > 0,
+            "http.stow_queue_chunks_max must be at least 1"
+        );
+        anyhow::ensure!(
+            !self.archive.organisation.trim().is_empty(),
+            "archive.organisation must not be empty"
+        );
+        Ok(())
+    }
+
+    pub fn duplicate_policy(&self) -> anyhow::Result<DuplicatePolicy> {
+        parse_duplicates(&self.archive.duplicates)
+            .map_err(|e| anyhow::anyhow!("archive.duplicates: {e}"))
+    }
+
+    pub fn extra_tags(&self) -> anyhow::Result<Vec<Tag>> {
+        self.storage
+            .index_extra_tags
+            .iter()
+            .map(|t| parse_tag(t).map_err(|e| anyhow::anyhow!("storage.index_extra_tags: {e}")))
+            .collect()
+    }
+
+    /// The engine's configuration.
+    pub fn store_config(&self) -> anyhow::Result<StoreConfig> {
         let mut config = StoreConfig {
-            segment_size_bytes_max: self.segment_size_mib * 1024 * 1024,
-            direct_io: self.direct_io,
+            segment_size_bytes_max: self.storage.segment_size_mib * 1024 * 1024,
+            direct_io: self.storage.direct_io,
             ..StoreConfig::default()
         };
-        config.instances.extra_tags = self.index_extra_tags.clone();
-        config
+        config.instances.extra_tags = self.extra_tags()?;
+        Ok(config)
     }
 }
 
@@ -61,5 +283,36 @@ mod tests {
         assert_eq!(parse_tag("(0018,0050)"), Ok(Tag::new(0x0018, 0x0050)));
         assert!(parse_tag("0018005").is_err());
         assert!(parse_tag("0018005Z").is_err());
+    }
+
+    #[test]
+    fn the_file_overrides_defaults_and_flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.toml");
+        std::fs::write(
+            &path,
+            "[storage]\ndata_dir = \"/srv/k\"\nindex_extra_tags = [\"00180050\"]\n\
+             [http]\nlisten = \"0.0.0.0:9000\"\n[archive]\nduplicates = \"replace\"\n",
+        )
+        .unwrap();
+        let args = ConfigArgs {
+            config: Some(path.clone()),
+            http_listen: Some("127.0.0.1:9001".parse().unwrap()),
+            ..ConfigArgs::default()
+        };
+        let config = args.resolve().unwrap();
+        assert_eq!(config.storage.data_dir, PathBuf::from("/srv/k"));
+        assert_eq!(config.storage.segment_size_mib, 1024, "default kept");
+        assert_eq!(config.http.listen.port(), 9001, "flag wins over file");
+        assert_eq!(config.duplicate_policy().unwrap(), DuplicatePolicy::Replace);
+        assert_eq!(config.extra_tags().unwrap(), vec![Tag::new(0x0018, 0x0050)]);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_with_their_name() {
+        let err = Config::from_toml("[http]\nlisen = \"1.2.3.4:1\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("lisen"), "{err:#}");
+        let err = Config::from_toml("[archive]\nduplicates = \"keep\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("archive.duplicates"), "{err:#}");
     }
 }

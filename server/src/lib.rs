@@ -1,8 +1,15 @@
 //! # Kuvasto server
 //!
-//! The network side of Kuvasto: protocol adapters (DICOMweb, DIMSE) over one set of archive
-//! rules over the engine. Today it holds the configuration and the `serve` loop that opens the
-//! engine; the protocol adapters arrive with their issues.
+//! The network side of Kuvasto: protocol adapters over one set of archive rules over the
+//! engine. Data flows one way: client → protocol adapter ([`dicomweb`]) → archive rules
+//! ([`archive`]) → engine [`Store`](kuvasto_engine::Store).
+//!
+//! - [`config`]: defaults, the TOML file, environment and flags;
+//! - [`archive`]: the rules every protocol calls (identities, checks, audit);
+//! - [`dicomweb`]: STOW-RS, QIDO-RS, WADO-RS and DELETE over HTTP;
+//! - [`serve`]: `kuvasto serve`, the runtime, listeners and graceful shutdown.
 
+pub mod archive;
 pub mod config;
+pub mod dicomweb;
 pub mod serve;

@@ -1,7 +1,7 @@
 //! `kuvasto`: the archive server and its operator commands.
 
 use clap::{Parser, Subcommand};
-use kuvasto_server::config::StorageArgs;
+use kuvasto_server::config::ConfigArgs;
 
 #[derive(Parser)]
 #[command(
@@ -16,15 +16,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server on a data directory (default: ./kuvasto-data).
+    /// Run the server: DICOMweb on http://127.0.0.1:8080/dicom-web, data in ./kuvasto-data
+    /// (see docs/configuration.md for the file, flags and environment variables).
     Serve {
         #[command(flatten)]
-        storage: StorageArgs,
+        config: ConfigArgs,
     },
     /// Open the store, print what recovery found and its sizes, and exit (non-zero on corruption).
     Check {
         #[command(flatten)]
-        storage: StorageArgs,
+        config: ConfigArgs,
     },
 }
 
@@ -35,11 +36,12 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
-        Command::Serve { storage } => kuvasto_server::serve::serve(&storage),
-        Command::Check { storage } => {
-            let store = kuvasto_server::serve::open_store(&storage)?;
+        Command::Serve { config } => kuvasto_server::serve::serve(config.resolve()?),
+        Command::Check { config } => {
+            let store = kuvasto_server::serve::open_store(&config.resolve()?)?;
             let stats = store.stats();
             println!(
                 "segments {} (sealed {}), {} bytes, {} live keys",

@@ -1,17 +1,25 @@
-//! `kuvasto serve`: open the engine, report what recovery found, run until SIGINT/SIGTERM,
-//! then close cleanly (in-flight writes finish or are refused; nothing acknowledged is lost).
+//! `kuvasto serve`: open the engine, serve DICOMweb until SIGINT/SIGTERM, then shut down
+//! gracefully: stop accepting, give in-flight requests `shutdown_grace_seconds` to finish,
+//! abandon what is left (an unfinished upload never becomes visible), close the store.
 
-use crate::config::StorageArgs;
+use crate::archive::{Archive, Rules};
+use crate::config::Config;
+use crate::dicomweb::{self, AppState};
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use kuvasto_engine::Store;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Opens the store and logs what recovery found.
-pub fn open_store(args: &StorageArgs) -> anyhow::Result<Store> {
-    let store = Store::open(&args.data_dir, args.store_config())
-        .with_context(|| format!("opening the store in {}", args.data_dir.display()))?;
+pub fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let data_dir = &config.storage.data_dir;
+    let store = Store::open(data_dir, config.store_config()?)
+        .with_context(|| format!("opening the store in {}", data_dir.display()))?;
     let report = store.recovery_report();
     tracing::info!(
-        data_dir = %args.data_dir.display(),
+        data_dir = %data_dir.display(),
         sealed_segments = report.sealed_loaded,
         scanned_segments = report.scanned,
         torn_tails = report.torn_tails.len(),
@@ -24,53 +32,116 @@ pub fn open_store(args: &StorageArgs) -> anyhow::Result<Store> {
     Ok(store)
 }
 
-fn termination_signals() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset initialises it before sigaddset reads it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        set
-    }
-}
-
-/// Blocks SIGINT and SIGTERM in this thread; call before any thread starts, so every thread
-/// inherits the mask and [`wait_for_termination`] is the one place they are delivered.
-pub fn block_termination_signals() -> anyhow::Result<()> {
-    let set = termination_signals();
-    // SAFETY: `set` is initialised; a null old-mask pointer is allowed.
-    if unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) } != 0 {
-        anyhow::bail!("cannot block SIGINT/SIGTERM");
-    }
-    Ok(())
-}
-
-/// Blocks until SIGINT or SIGTERM arrives.
-fn wait_for_termination() -> anyhow::Result<()> {
-    let set = termination_signals();
-    let mut signal = 0;
-    // SAFETY: `set` is initialised and `signal` is a valid place for the result.
-    if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
-        anyhow::bail!("sigwait failed");
-    }
-    tracing::info!(signal, "shutting down");
-    Ok(())
-}
-
 /// Runs the server until a termination signal.
-pub fn serve(args: &StorageArgs) -> anyhow::Result<()> {
-    block_termination_signals()?;
-    let store = open_store(args)?;
+pub fn serve(config: Config) -> anyhow::Result<()> {
+    let store = open_store(&config)?;
     let stats = store.stats();
     tracing::info!(
         segments = stats.segments,
         live_keys = stats.live_keys,
         bytes = stats.segment_bytes,
-        "serving (protocol listeners arrive with the DICOMweb and DIMSE issues); Ctrl-C stops"
+        "store ready"
     );
-    wait_for_termination()?;
-    store.close();
-    tracing::info!("store closed cleanly");
+    let archive = Arc::new(Archive::new(
+        store,
+        Rules {
+            duplicates: config.duplicate_policy()?,
+            accept_unknown_sop_classes: config.archive.accept_unknown_sop_classes,
+        },
+    ));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("kuvasto-http")
+        .build()
+        .context("starting the async runtime")?;
+    let state = Arc::new(AppState {
+        archive: archive.clone(),
+        http: config.http.clone(),
+        organisation: config.archive.organisation.clone(),
+        extra_tags: config.extra_tags()?,
+        bound: std::sync::OnceLock::new(),
+        slots: tokio::sync::Semaphore::new(config.http.requests_max),
+    });
+    let grace = Duration::from_secs(config.http.shutdown_grace_seconds);
+    let served = runtime.block_on(run_http(state.clone(), &config, grace));
+    // Abandon whatever is still running on the blocking pool (uploads see their body end
+    // and drop their unfinished instance).
+    state.slots.close();
+    drop(state);
+    runtime.shutdown_timeout(grace);
+    served?;
+    match Arc::try_unwrap(archive) {
+        Ok(archive) => {
+            archive.into_store().close();
+            tracing::info!("store closed cleanly");
+        }
+        Err(_) => tracing::warn!(
+            "requests still held the store after the grace period; it closes as the process exits (nothing unacknowledged becomes visible)"
+        ),
+    }
     Ok(())
+}
+
+async fn run_http(state: dicomweb::State, config: &Config, grace: Duration) -> anyhow::Result<()> {
+    // Before anything announces readiness, so a signal sent right after is never missed.
+    let signals = Signals::install()?;
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("binding HTTP to {}", config.http.listen))?;
+    let local = listener.local_addr()?;
+    let _ = state.bound.set(local);
+    tracing::info!(address = %local, prefix = dicomweb::PREFIX, "DICOMweb listening");
+    if let Some(path) = &config.address_file {
+        std::fs::write(path, local.to_string())
+            .with_context(|| format!("writing the address file {}", path.display()))?;
+    }
+    let app = dicomweb::router(state);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Small responses must not wait for Nagle (see NOTES: storescu/clients stall without it).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let mut rx = stop_rx;
+        let _ = rx.wait_for(|stop| *stop).await;
+    });
+    let server = tokio::spawn(async move { server.await });
+    signals.wait().await;
+    tracing::info!(
+        grace_seconds = grace.as_secs(),
+        "shutting down: no new connections; in-flight requests may finish"
+    );
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(grace, server).await {
+        Ok(joined) => joined.context("HTTP server task")?.context("HTTP server")?,
+        Err(_) => tracing::warn!("grace period over; abandoning in-flight requests"),
+    }
+    Ok(())
+}
+
+/// SIGTERM and SIGINT, handled (not fatal) from the moment they are installed.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM"),
+            _ = self.int.recv() => tracing::info!("SIGINT"),
+        }
+    }
 }

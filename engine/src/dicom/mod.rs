@@ -8,13 +8,15 @@
 //! - [`extract`]: the [`extract::Extractor`] choosing between them, and the decoded attributes;
 //! - [`charset`]: Specific Character Set decoding;
 //! - [`frames`]: frame maps (native, and a streaming walker over encapsulated fragments);
-//! - [`metadata`]: the metadata record stored beside each instance.
+//! - [`metadata`]: the metadata record stored beside each instance;
+//! - [`json`]: DICOM JSON (PS3.18 Annex F) of a data set, for WADO-RS metadata.
 
 pub mod charset;
 pub mod explicit_le;
 pub mod extract;
 pub mod frames;
 pub mod general;
+pub mod json;
 pub mod meta;
 pub mod metadata;
 

@@ -358,6 +358,10 @@ impl Catalog {
         self.read().runs.iter().map(|(_, r)| r.counts()).collect()
     }
 
+    pub fn limits(&self) -> CatalogLimits {
+        self.limits
+    }
+
     pub fn mem_len(&self) -> usize {
         self.read().mem.len()
     }

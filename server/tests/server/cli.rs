@@ -19,6 +19,8 @@ fn serve_runs_until_sigterm_and_closes_cleanly() {
         .arg("serve")
         .arg("--data-dir")
         .arg(&data)
+        .arg("--http-listen")
+        .arg("127.0.0.1:0")
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn kuvasto serve");
@@ -31,7 +33,7 @@ fn serve_runs_until_sigterm_and_closes_cleanly() {
         let line = lines.next().expect("serve exited early").expect("read log");
         log.push_str(&line);
         log.push('\n');
-        if line.contains("serving") {
+        if line.contains("DICOMweb listening") {
             break;
         }
     }

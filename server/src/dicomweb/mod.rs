@@ -1,0 +1,174 @@
+//! DICOMweb (PS3.18): STOW-RS, QIDO-RS, WADO-RS and DELETE over HTTP, adapted onto the
+//! [`Archive`](crate::archive::Archive).
+//!
+//! - [`multipart`]: the streaming `multipart/related` parser and media types;
+//! - `stow`: store requests, each part piped into the engine while it arrives;
+//! - `qido`: searches, answered from the catalog;
+//! - `wado`: retrieval of instances, metadata, frames and bulk data, streamed from segments;
+//! - `accept`: `Accept` negotiation; `json`: the DICOM JSON the searches answer with;
+//! - `body`: the response body fed from a blocking producer.
+//!
+//! Engine calls block (a put waits for `fdatasync`), so every request's engine work runs on
+//! the blocking pool and talks to the async side through bounded channels: a request holds at
+//! most `stow_queue_chunks_max` network chunks or `RETRIEVE_QUEUE_PIECES_MAX` object pieces.
+
+pub mod accept;
+mod body;
+mod json;
+pub mod multipart;
+mod qido;
+mod stow;
+mod wado;
+
+use crate::archive::{Archive, Caller};
+use crate::config::HttpSection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Where DICOMweb lives under the server's root.
+pub const PREFIX: &str = "/dicom-web";
+
+/// What every handler shares.
+pub struct AppState {
+    pub archive: Arc<Archive>,
+    pub http: HttpSection,
+    pub organisation: String,
+    /// The configured extra indexed attributes (searchable besides the standard ones).
+    pub extra_tags: Vec<kuvasto_engine::dicom::Tag>,
+    /// The address the listener is bound to (set once listening).
+    pub bound: std::sync::OnceLock<SocketAddr>,
+    /// Bounds concurrent requests (`http.requests_max`).
+    pub slots: tokio::sync::Semaphore,
+}
+
+pub type State = Arc<AppState>;
+
+impl AppState {
+    fn caller(&self, peer: &ConnectInfo<SocketAddr>) -> Caller {
+        Caller {
+            organisation: self.organisation.clone(),
+            protocol: "dicomweb",
+            peer: peer.0.to_string(),
+        }
+    }
+
+    /// `http(s)://host/dicom-web`, for RetrieveURL and BulkDataURI values.
+    fn base_url(&self, headers: &HeaderMap) -> String {
+        if !self.http.public_url.is_empty() {
+            return format!("{}{PREFIX}", self.http.public_url.trim_end_matches('/'));
+        }
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
+            .unwrap_or("localhost");
+        // Some clients (dicomweb-client) send Host without the port; when this server does
+        // not listen on port 80, the URLs it hands out must still name its port.
+        let has_port = host
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+            && !host.ends_with(']');
+        match self.bound.get() {
+            Some(bound) if !has_port && bound.port() != 80 => {
+                format!("http://{host}:{}{PREFIX}", bound.port())
+            }
+            _ => format!("http://{host}{PREFIX}"),
+        }
+    }
+}
+
+/// A plain-text error response: the status and a reason a person can act on.
+pub fn problem(status: StatusCode, reason: impl Into<String>) -> Response {
+    let reason = reason.into();
+    tracing::debug!(%status, %reason, "request refused");
+    let mut response = (status, format!("{reason}\n")).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// A refused request on its way to becoming a [`problem`] response.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub reason: String,
+}
+
+impl Refusal {
+    pub fn new(status: StatusCode, reason: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        problem(self.status, self.reason)
+    }
+}
+
+/// The DICOMweb routes.
+pub fn router(state: State) -> Router {
+    let routes = Router::new()
+        .route("/studies", post(stow::store).get(qido::studies))
+        .route(
+            "/studies/{study}",
+            post(stow::store_in_study)
+                .get(wado::study)
+                .delete(wado::delete_study),
+        )
+        .route("/studies/{study}/metadata", get(wado::study_metadata))
+        .route("/studies/{study}/series", get(qido::series_of_study))
+        .route("/studies/{study}/instances", get(qido::instances_of_study))
+        .route(
+            "/studies/{study}/series/{series}",
+            get(wado::series).delete(wado::delete_series),
+        )
+        .route(
+            "/studies/{study}/series/{series}/metadata",
+            get(wado::series_metadata),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances",
+            get(qido::instances_of_series),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{instance}",
+            get(wado::instance).delete(wado::delete_instance),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{instance}/metadata",
+            get(wado::instance_metadata),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
+            get(wado::frames),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag}",
+            get(wado::bulkdata),
+        )
+        .route("/series", get(qido::all_series))
+        .route("/instances", get(qido::all_instances))
+        .fallback(|| async { problem(StatusCode::NOT_FOUND, "no such DICOMweb resource") });
+    Router::new()
+        .nest(PREFIX, routes)
+        .fallback(|| async {
+            problem(
+                StatusCode::NOT_FOUND,
+                format!("no such resource; DICOMweb is served under {PREFIX}"),
+            )
+        })
+        // Bodies are streamed into the engine, which bounds each instance; no whole-body limit.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
