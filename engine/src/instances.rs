@@ -364,13 +364,24 @@ struct Reader {
     extra_tags: Vec<Tag>,
     /// Stream offset of the next byte.
     len: u64,
+    /// The object's first bytes, kept while they may still be header (up to Pixel Data and
+    /// at most [`PREFIX_BYTES_MAX`]), so the metadata record is built without reading the
+    /// object back.
+    prefix: Vec<u8>,
+    prefix_open: bool,
 }
+
+/// Most bytes of an object's start a put keeps for its metadata record; a longer header is
+/// read back from the stored object instead.
+const PREFIX_BYTES_MAX: usize = 1 << 20;
 
 /// What the reader found, checked.
 struct Read {
     extracted: Extracted,
     attrs: InstanceAttrs,
     frames: Option<FrameMap>,
+    /// The object's bytes from 0 (all of the header, or empty).
+    prefix: Vec<u8>,
 }
 
 impl Reader {
@@ -388,12 +399,33 @@ impl Reader {
             frame_limits: config.frame_limits,
             extra_tags: config.extra_tags.clone(),
             len: 0,
+            prefix: Vec::new(),
+            prefix_open: true,
         }
     }
 
     fn feed(&mut self, bytes: &[u8]) -> Result<()> {
         let start = self.len;
         self.len += bytes.len() as u64;
+        if self.prefix_open {
+            if self.prefix.len() + bytes.len() > PREFIX_BYTES_MAX {
+                self.prefix = Vec::new();
+                self.prefix_open = false;
+            } else {
+                self.prefix.extend_from_slice(bytes);
+            }
+        }
+        let result = self.feed_extraction(start, bytes);
+        if let (Some(at), true) = (self.pixel, self.prefix_open) {
+            // The header ends at Pixel Data's element.
+            self.prefix.truncate(at.element_offset as usize);
+            self.prefix.shrink_to_fit();
+            self.prefix_open = false;
+        }
+        result
+    }
+
+    fn feed_extraction(&mut self, start: u64, bytes: &[u8]) -> Result<()> {
         if self.extracting {
             match self.extractor.feed(bytes).map_err(DicomError::from)? {
                 Progress::NeedMore => {}
@@ -475,7 +507,12 @@ impl Reader {
     }
 
     fn finish(self, object_len: u64) -> Result<Read> {
-        let extracted = self.extractor.finish().map_err(DicomError::from)?;
+        let mut extracted = self.extractor.finish().map_err(DicomError::from)?;
+        // A streamed extraction reports Pixel Data as it passes (`self.pixel`); the
+        // extractor's own result may not repeat it. Everything after uses `extracted`.
+        if extracted.data_set.pixel_data.is_none() {
+            extracted.data_set.pixel_data = self.pixel;
+        }
         let attrs = extracted.attrs(&self.extra_tags);
         for (value, name) in [
             (&attrs.sop_instance_uid, "SOPInstanceUID (0008,0018)"),
@@ -510,7 +547,7 @@ impl Reader {
                 .into());
             }
         }
-        let frames = match (self.pixel.or(extracted.pixel_data()), self.walker) {
+        let frames = match (extracted.pixel_data(), self.walker) {
             (Some(_), Some(walker)) => Some(walker.finish().map_err(DicomError::from)?),
             (Some(at), None) if at.length.is_some() && !extracted_inflated(&extracted) => {
                 let length = u64::from(at.length.unwrap_or(0));
@@ -536,6 +573,7 @@ impl Reader {
             extracted,
             attrs,
             frames,
+            prefix: self.prefix,
         })
     }
 }
@@ -570,6 +608,7 @@ fn build_metadata(
         extracted,
         attrs,
         frames,
+        prefix,
     } = read;
     let inflated = extracted_inflated(&extracted);
     let data_set_offset = extracted.meta.data_set_offset;
@@ -589,6 +628,7 @@ fn build_metadata(
             let header_start = header.len();
             read_into(
                 object,
+                &prefix,
                 cursor..b.value_offset,
                 &mut header,
                 config.header_bytes_max,
@@ -605,7 +645,13 @@ fn build_metadata(
             });
             cursor = b.value_offset + u64::from(b.length);
         }
-        read_into(object, cursor..end, &mut header, config.header_bytes_max)?;
+        read_into(
+            object,
+            &prefix,
+            cursor..end,
+            &mut header,
+            config.header_bytes_max,
+        )?;
     }
     let (frames_encapsulated, frames) = match frames {
         Some(map) => (map.encapsulated, map.frames),
@@ -625,8 +671,11 @@ fn build_metadata(
     })
 }
 
+/// Appends the object's bytes of `range`, from `prefix` (the object's first bytes, as they
+/// arrived) when it holds them.
 fn read_into(
     object: &Object,
+    prefix: &[u8],
     range: std::ops::Range<u64>,
     out: &mut Vec<u8>,
     bytes_max: u64,
@@ -641,6 +690,10 @@ fn read_into(
             value: total,
             max: bytes_max,
         });
+    }
+    if let Some(held) = prefix.get(range.start as usize..range.end as usize) {
+        out.extend_from_slice(held);
+        return Ok(());
     }
     object.visit_range(range, &mut |piece| {
         out.extend_from_slice(piece);

@@ -134,6 +134,29 @@ impl Mapping {
     pub fn new(bytes: Arc<dyn Deref<Target = [u8]> + Send + Sync>) -> Self {
         Mapping(bytes)
     }
+
+    /// Asks the kernel to read `range` ahead (an mmap is read without readahead otherwise);
+    /// a hint: errors are ignored.
+    pub fn will_need(&self, range: std::ops::Range<usize>) {
+        const PAGE: usize = 4096;
+        let bytes: &[u8] = &self.0;
+        let end = range.end.min(bytes.len());
+        if range.start >= end {
+            return;
+        }
+        let base = bytes.as_ptr() as usize;
+        let start = (base + range.start) & !(PAGE - 1);
+        // SAFETY: the page-aligned range lies within (or at the page around) this mapping,
+        // which stays mapped while `self` lives; MADV_WILLNEED only schedules reads and
+        // never changes the contents.
+        unsafe {
+            libc::madvise(
+                start as *mut libc::c_void,
+                base + end - start,
+                libc::MADV_WILLNEED,
+            );
+        }
+    }
 }
 
 impl Deref for Mapping {

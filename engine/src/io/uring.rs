@@ -127,10 +127,22 @@ impl UringStorage {
         }
         let write_fd = options.open(&path)?;
         let read_fd = File::open(&path)?;
+        // Point reads (`pread`, the unsealed segment) get their own descriptor without
+        // readahead: with O_DIRECT writes, readahead would fill the page cache with the
+        // preallocated, not yet written part of the segment (zeroed pages, then thrown away
+        // by the next direct write). The mapping keeps `read_fd` and its readahead.
+        let pread_fd = File::open(&path)?;
+        // SAFETY: a valid open descriptor; offset 0 and length 0 mean the whole file.
+        let advised =
+            unsafe { libc::posix_fadvise(pread_fd.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+        if advised != 0 {
+            return Err(io::Error::from_raw_os_error(advised));
+        }
         Ok(Box::new(UringFile {
             name: name.to_string(),
             write_fd,
             read_fd,
+            pread_fd,
         }))
     }
 }
@@ -183,8 +195,10 @@ struct UringFile {
     name: String,
     /// Opened with `O_DIRECT` when the storage uses direct I/O.
     write_fd: File,
-    /// Always buffered: reads and mmap never need alignment.
+    /// Always buffered: mmap never needs alignment.
     read_fd: File,
+    /// Buffered, without readahead: `pread` of small ranges.
+    pread_fd: File,
 }
 
 impl StorageFile for UringFile {
@@ -197,7 +211,7 @@ impl StorageFile for UringFile {
     }
 
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.read_fd.read_exact_at(buf, offset)
+        self.pread_fd.read_exact_at(buf, offset)
     }
 
     fn map(&self) -> io::Result<Mapping> {
@@ -208,6 +222,10 @@ impl StorageFile for UringFile {
         // no writer has open yet (recovery); nobody truncates a mapped file while it is mapped
         // (segments are removed by unlink, which keeps the pages alive).
         let map = unsafe { memmap2::Mmap::map(&self.read_fd)? };
+        // No readahead on faults: most reads of a sealed segment are small records (metadata
+        // records, directories) between large objects, and readahead around each would read
+        // the whole segment. Large reads ask for their range ([`Mapping::will_need`]).
+        map.advise(memmap2::Advice::Random)?;
         Ok(Mapping::new(Arc::new(map)))
     }
 

@@ -16,6 +16,10 @@ use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
+/// Reads of a sealed segment at least this long ask the kernel to read ahead (mappings are
+/// read without readahead otherwise).
+const WILL_NEED_BYTES_MIN: u64 = 256 * 1024;
+
 /// Bytes verified and handed to a reader at a time when reading the unsealed segment.
 const READ_PIECE_BYTES: u64 = 16 * BLOCK_BYTES;
 
@@ -47,6 +51,13 @@ impl SegmentHandle {
     /// The whole file, once sealed.
     pub fn sealed_bytes(&self) -> Option<&[u8]> {
         self.sealed_map.get().map(|m| &m[..])
+    }
+
+    /// Hints that `len` bytes at `offset` of a sealed segment are about to be read.
+    pub fn will_need(&self, offset: u64, len: u64) {
+        if let Some(map) = self.sealed_map.get() {
+            map.will_need(offset as usize..(offset + len) as usize);
+        }
     }
 
     /// `len` bytes at `offset`: borrowed from the mapping when sealed, read otherwise.
@@ -120,6 +131,9 @@ pub fn visit_body(
         range.start <= range.end && range.end <= body_len,
         "range outside body"
     );
+    if segment.is_sealed() && range.end - range.start >= WILL_NEED_BYTES_MIN {
+        segment.will_need(record.body_start + range.start, range.end - range.start);
+    }
     let mut at = range.start;
     while at < range.end {
         let first_block = at / BLOCK_BYTES;
@@ -128,7 +142,8 @@ pub fn visit_body(
             // Mapped: verify and hand out the whole rest of the range at once.
             range.end.div_ceil(BLOCK_BYTES) * BLOCK_BYTES
         } else {
-            piece_start + READ_PIECE_BYTES
+            // Only the blocks the range touches, at most a piece at a time.
+            (piece_start + READ_PIECE_BYTES).min(range.end.div_ceil(BLOCK_BYTES) * BLOCK_BYTES)
         }
         .min(body_len);
         let bytes = segment.bytes(record.body_start + piece_start, piece_end - piece_start)?;
