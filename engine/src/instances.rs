@@ -369,6 +369,7 @@ struct Reader {
     /// object back.
     prefix: Vec<u8>,
     prefix_open: bool,
+    header_bytes_max: u64,
 }
 
 /// Most bytes of an object's start a put keeps for its metadata record; a longer header is
@@ -401,6 +402,7 @@ impl Reader {
             len: 0,
             prefix: Vec::new(),
             prefix_open: true,
+            header_bytes_max: config.header_bytes_max,
         }
     }
 
@@ -545,6 +547,31 @@ impl Reader {
                     data_set: in_data_set.clone(),
                 }
                 .into());
+            }
+        }
+        // The metadata record keeps the header without its bulk values: refuse one that
+        // would exceed its limit now, before anything is committed.
+        if !extracted_inflated(&extracted) {
+            let end = extracted
+                .pixel_data()
+                .map_or(object_len, |p| p.element_offset)
+                .min(object_len);
+            let bulk: u64 = extracted
+                .data_set
+                .bulk
+                .iter()
+                .filter(|b| b.value_offset + u64::from(b.length) <= end)
+                .map(|b| u64::from(b.length))
+                .sum();
+            let header = end
+                .saturating_sub(extracted.meta.data_set_offset)
+                .saturating_sub(bulk);
+            if header > self.header_bytes_max {
+                return Err(Error::Limit {
+                    what: "bytes of an instance's header kept in its metadata record",
+                    value: header,
+                    max: self.header_bytes_max,
+                });
             }
         }
         let frames = match (extracted.pixel_data(), self.walker) {

@@ -68,7 +68,9 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     // and drop their unfinished instance).
     state.slots.close();
     drop(state);
-    runtime.shutdown_timeout(grace);
+    // The grace period is over (or everything finished): blocking work still running gets
+    // a moment to notice its request is gone.
+    runtime.shutdown_timeout(Duration::from_secs(1));
     served?;
     match Arc::try_unwrap(archive) {
         Ok(archive) => {

@@ -638,7 +638,12 @@ impl<W: Wants> ExplicitLeScanner<W> {
             });
             return Ok(Step::Next(value_at + length));
         }
-        if header.length >= BULK_VALUE_BYTES_MIN && self.bulk.len() < BULK_VALUES_MAX {
+        // Sequences (and UN, which may hold one) stay in the header: their items are
+        // attributes, not bulk data, and a metadata reader must see them.
+        if header.length >= BULK_VALUE_BYTES_MIN
+            && self.bulk.len() < BULK_VALUES_MAX
+            && !matches!(&header.vr, b"SQ" | b"UN")
+        {
             // Reached once per element: the header is consumed whatever follows.
             self.bulk.push(BulkValue {
                 tag: header.tag,

@@ -813,7 +813,13 @@ impl Exec<'_> {
 
     /// Whether `attrs` satisfy every filter of the given levels (derived attributes excluded).
     fn accepts(&self, attrs: &InstanceAttrs, levels: &[Level]) -> bool {
+        // StudyDate and StudyTime ranges of the same form match as one combined range
+        // (PS3.4 C.2.2.2.5.1), checked by `combined_date_time_ok`, not one by one.
+        let combined = self.combined_date_time().is_some();
         self.query.filters.iter().all(|(tag, m)| {
+            if combined && (*tag == tags::STUDY_DATE || *tag == tags::STUDY_TIME) {
+                return true;
+            }
             match InstanceAttrs::level_of(*tag) {
                 Some(level) if levels.contains(&level) => match attrs.text(*tag) {
                     Some(v) => m.matches(&v),
@@ -830,6 +836,13 @@ impl Exec<'_> {
     }
 
     fn combined_date_time_ok(&self, attrs: &InstanceAttrs) -> bool {
+        match self.combined_date_time() {
+            Some(c) => c.matches(&attrs.study_date, &attrs.study_time),
+            None => true,
+        }
+    }
+
+    fn combined_date_time(&self) -> Option<super::matching::CombinedDateTime> {
         let date = self
             .query
             .filters
@@ -841,11 +854,8 @@ impl Exec<'_> {
             .iter()
             .find(|(t, _)| *t == tags::STUDY_TIME);
         match (date, time) {
-            (Some((_, d)), Some((_, t))) => match super::matching::combined_date_time(d, t) {
-                Some(c) => c.matches(&attrs.study_date, &attrs.study_time),
-                None => true,
-            },
-            _ => true,
+            (Some((_, d)), Some((_, t))) => super::matching::combined_date_time(d, t),
+            _ => None,
         }
     }
 
@@ -1528,6 +1538,34 @@ mod tests {
         assert_eq!(report.runs_mapped, 1);
         check_contents(&c);
         c.verify().unwrap();
+    }
+
+    #[test]
+    fn study_date_and_time_ranges_match_as_one_combined_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, _) = Catalog::open(dir.path(), CatalogLimits::default()).unwrap();
+        let mut seq = 0;
+        fill(&c, &mut seq);
+        // 11 January 13:00 to 12 January 14:00: the study of the 12th at 12:00 is inside,
+        // the one of the 11th at 12:00 is not, although 12:00 is outside 13:00-14:00.
+        let hits = studies(
+            &c,
+            vec![
+                filter(tags::STUDY_DATE, MatchVr::Date, "20240111-20240112"),
+                filter(tags::STUDY_TIME, MatchVr::Time, "1300-1400"),
+            ],
+        );
+        let dates: Vec<_> = hits.iter().map(|h| h.attrs.study_date.clone()).collect();
+        assert_eq!(dates, vec!["20240112"]);
+        // A single date with a time range: both keys match on their own.
+        let hits = studies(
+            &c,
+            vec![
+                filter(tags::STUDY_DATE, MatchVr::Date, "20240112"),
+                filter(tags::STUDY_TIME, MatchVr::Time, "1300-1400"),
+            ],
+        );
+        assert!(hits.is_empty());
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub struct Failure {
     pub message: String,
     /// SOP Class and SOP Instance UIDs, when the instance got far enough to name them.
     pub sop: Option<(String, String)>,
+    /// The archive itself cannot store now (disk full, store read-only): sending the same
+    /// instance later may succeed.
+    pub retryable: bool,
 }
 
 /// Failure reason codes (PS3.4 Annex B.2.3 C-STORE statuses, PS3.18 10.5.3.3).
@@ -73,6 +76,7 @@ impl Failure {
             reason,
             message: message.into(),
             sop: None,
+            retryable: false,
         }
     }
 
@@ -85,10 +89,16 @@ impl Failure {
             EngineError::NoSpace { .. } | EngineError::Poisoned { .. } => {
                 FailureReason::OutOfResources
             }
+            // Too large for this archive's limits: resending will not help.
             EngineError::Limit { .. } => FailureReason::OutOfResources,
             _ => FailureReason::ProcessingFailure,
         };
-        Failure::new(reason, error.to_string())
+        let mut failure = Failure::new(reason, error.to_string());
+        failure.retryable = matches!(
+            error,
+            EngineError::NoSpace { .. } | EngineError::Poisoned { .. }
+        );
+        failure
     }
 }
 
@@ -145,6 +155,7 @@ impl Upload<'_> {
         self.put.write(bytes).map_err(|e| {
             let mut failure = Failure::from_engine(&e);
             failure.sop = self.put.declared_sop();
+            audit_refusal(self.caller, &failure);
             failure
         })
     }
@@ -184,18 +195,23 @@ impl Upload<'_> {
                 outcome = ?stored.outcome,
                 bytes = stored.bytes,
             ),
-            Err(failure) => tracing::warn!(
-                target: "audit",
-                action = "store-refused",
-                organisation = %self.caller.organisation,
-                protocol = self.caller.protocol,
-                peer = %self.caller.peer,
-                reason = format!("{:04X}", failure.reason.code()),
-                message = %failure.message,
-            ),
+            Err(failure) => audit_refusal(self.caller, failure),
         }
         result
     }
+}
+
+fn audit_refusal(caller: &Caller, failure: &Failure) {
+    tracing::warn!(
+        target: "audit",
+        action = "store-refused",
+        organisation = %caller.organisation,
+        protocol = caller.protocol,
+        peer = %caller.peer,
+        sop_instance = failure.sop.as_ref().map_or("", |(_, i)| i.as_str()),
+        reason = format!("{:04X}", failure.reason.code()),
+        message = %failure.message,
+    );
 }
 
 /// The rules an instance must pass before it is committed.
@@ -231,7 +247,9 @@ fn check(
 pub fn sop_class_name(uid: &str) -> Option<&'static str> {
     use dicom_core::dictionary::UidDictionary;
     let entry = dicom_dictionary_std::StandardSopClassDictionary.by_uid(uid)?;
-    entry.name.contains("Storage").then_some(entry.name)
+    // "Storage" names the storage SOP classes; Storage Commitment is a service, not a class
+    // of stored objects.
+    (entry.name.contains("Storage") && !entry.name.contains("Commitment")).then_some(entry.name)
 }
 
 fn uid_filter(

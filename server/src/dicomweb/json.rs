@@ -110,15 +110,47 @@ fn write_values(vr: [u8; 2], text: &str, out: &mut String) {
                 Err(_) if value.is_empty() => out.push_str("null"),
                 Err(_) => string(value, out),
             },
-            b"DS" | b"FL" | b"FD" => match value.parse::<f64>() {
-                Ok(n) if n.is_finite() => out.push_str(value),
-                _ if value.is_empty() => out.push_str("null"),
-                _ => string(value, out),
-            },
+            b"DS" | b"FL" | b"FD" if json_number(value) => out.push_str(value),
+            b"DS" | b"FL" | b"FD" if value.is_empty() => out.push_str("null"),
             _ if value.is_empty() => out.push_str("null"),
             _ => string(value, out),
         }
     }
+}
+
+/// Whether `text` is a number as JSON spells it (RFC 8259 section 6): no `+`, no leading
+/// zeros, digits on both sides of a point.
+fn json_number(text: &str) -> bool {
+    let b = text.as_bytes();
+    let mut i = usize::from(b.first() == Some(&b'-'));
+    let digits = |i: &mut usize| {
+        let start = *i;
+        while *i < b.len() && b[*i].is_ascii_digit() {
+            *i += 1;
+        }
+        *i - start
+    };
+    let int_start = i;
+    let int = digits(&mut i);
+    if int == 0 || (int > 1 && b[int_start] == b'0') {
+        return false;
+    }
+    if i < b.len() && b[i] == b'.' {
+        i += 1;
+        if digits(&mut i) == 0 {
+            return false;
+        }
+    }
+    if i < b.len() && (b[i] == b'e' || b[i] == b'E') {
+        i += 1;
+        if i < b.len() && (b[i] == b'+' || b[i] == b'-') {
+            i += 1;
+        }
+        if digits(&mut i) == 0 {
+            return false;
+        }
+    }
+    i == b.len()
 }
 
 const PATIENT: &[Tag] = &[
@@ -309,5 +341,23 @@ mod tests {
         );
         let parsed: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert!(parsed.is_object());
+    }
+
+    #[test]
+    fn decimal_strings_become_numbers_only_when_json_can_read_them() {
+        for good in ["0", "-1.5", "12e3", "1.25E-2"] {
+            assert!(json_number(good), "{good}");
+        }
+        for bad in ["+1.5", ".5", "007", "1.", "-", "1e", "NaN", "inf", ""] {
+            assert!(!json_number(bad), "{bad}");
+        }
+        let mut a = Attributes::default();
+        a.put(Tag::new(0x0018, 0x0050), "+1.5\\2.0");
+        let mut out = String::new();
+        a.write(&mut out);
+        assert_eq!(
+            out,
+            "{\"00180050\":{\"vr\":\"DS\",\"Value\":[\"+1.5\",2.0]}}"
+        );
     }
 }

@@ -58,6 +58,8 @@ struct Search {
     /// The limit the client asked for (the query asks for one more, to tell if there are
     /// further results).
     limit: usize,
+    /// The catalog's most hits per query.
+    hits_max: usize,
 }
 
 fn parse(
@@ -95,6 +97,7 @@ fn parse(
         extras: false,
         warnings: Vec::new(),
         limit: hits_max,
+        hits_max,
     };
     let indexed =
         |tag: Tag| InstanceAttrs::level_of(tag).is_some() || state.extra_tags.contains(&tag);
@@ -150,9 +153,28 @@ fn parse(
                 let tag = attribute(name).ok_or_else(|| {
                     format!("{name:?} is neither a query parameter nor a DICOM attribute keyword or tag")
                 })?;
-                if !indexed(tag) || tag == tags::TRANSFER_SYNTAX_UID {
+                // Modality in a study search means ModalitiesInStudy (PS3.18 10.6.1.2).
+                let tag = if tag == tags::MODALITY && level == Level::Study {
+                    tags::MODALITIES_IN_STUDY
+                } else {
+                    tag
+                };
+                let key_level = InstanceAttrs::level_of(tag).unwrap_or(Level::Instance);
+                let derived = matches!(
+                    tag,
+                    tags::NUMBER_OF_STUDY_RELATED_SERIES
+                        | tags::NUMBER_OF_STUDY_RELATED_INSTANCES
+                        | tags::NUMBER_OF_SERIES_RELATED_INSTANCES
+                );
+                if !indexed(tag) || tag == tags::TRANSFER_SYNTAX_UID || derived {
                     search.warnings.push(format!(
                         "{name} is not supported for matching; the key was ignored"
+                    ));
+                    continue;
+                }
+                if key_level > level {
+                    search.warnings.push(format!(
+                        "{name} is an attribute of a lower level than this search; the key was ignored"
                     ));
                     continue;
                 }
@@ -206,9 +228,9 @@ async fn search(
         Err(e) => return problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     let mut warnings = search.warnings;
-    if hits.len() > search.limit {
+    if hits.len() > search.limit || hits.len() >= search.hits_max {
         truncate(&mut hits, search.limit);
-        warnings.push("there are more results; ask again with a larger offset".into());
+        warnings.push("there may be more results; ask again with a larger offset".into());
     }
     let body = json::hits(&hits, &base_url, search.extras);
     let mut response = (StatusCode::OK, body).into_response();

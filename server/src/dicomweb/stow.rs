@@ -237,6 +237,7 @@ fn on_event<'a>(
                                 content_type.unwrap_or_default()
                             ),
                             sop: None,
+                            retryable: false,
                         },
                     });
                     Current::Skipping
@@ -319,6 +320,7 @@ fn respond(report: Report, study: Option<&str>, base_url: &str) -> Response {
                 reason: FailureReason::CannotUnderstand,
                 message: reason.clone(),
                 sop: None,
+                retryable: false,
             },
         });
     }
@@ -375,10 +377,7 @@ fn respond(report: Report, study: Option<&str>, base_url: &str) -> Response {
         StatusCode::OK
     } else if !report.stored.is_empty() {
         StatusCode::ACCEPTED
-    } else if failed
-        .iter()
-        .all(|f| f.failure.reason == FailureReason::OutOfResources)
-    {
+    } else if failed.iter().all(|f| f.failure.retryable) {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::CONFLICT

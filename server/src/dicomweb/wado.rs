@@ -726,13 +726,48 @@ pub async fn bulkdata(
             format!("instance {instance} is deflated; its values are only served within the whole instance"),
         );
     }
+    if tag == Tag::PIXEL_DATA && md.frames_encapsulated {
+        // Encapsulated Pixel Data: its frames, each one part (fragments joined).
+        if md.frames.is_empty() {
+            return problem(
+                StatusCode::NOT_FOUND,
+                format!("instance {instance} has encapsulated Pixel Data whose frames this server cannot locate"),
+            );
+        }
+        let boundary = boundary();
+        let (tx, body) = body::channel();
+        let b = boundary.clone();
+        tokio::task::spawn_blocking(move || {
+            for range in &md.frames {
+                let bytes = match frame_bytes(&object, range, &md) {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(std::io::Error::other(e)));
+                        return;
+                    }
+                };
+                let head = format!(
+                    "--{b}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+                    bytes.len()
+                );
+                if send(&tx, Bytes::from(head)).is_err()
+                    || send(&tx, Bytes::from(bytes)).is_err()
+                    || send(&tx, Bytes::from_static(b"\r\n")).is_err()
+                {
+                    return;
+                }
+            }
+            let _ = send(&tx, Bytes::from(format!("--{b}--\r\n")));
+        });
+        return streamed(
+            format!("multipart/related; type=\"application/octet-stream\"; boundary={boundary}"),
+            body,
+        );
+    }
     let range = if tag == Tag::PIXEL_DATA {
-        md.pixel_data.map(|p| {
-            let end = match p.length {
-                Some(len) => (p.value_offset + u64::from(len)).min(object.len),
-                None => object.len,
-            };
-            p.value_offset..end
+        md.pixel_data.and_then(|p| {
+            let len = p.length?;
+            Some(p.value_offset..(p.value_offset + u64::from(len)).min(object.len))
         })
     } else {
         md.bulk

@@ -178,6 +178,23 @@ fn sequence(tag: Tag, items: &[Vec<u8>]) -> Vec<u8> {
     out
 }
 
+/// A sequence of defined length with items of defined length.
+fn sequence_defined(tag: Tag, items: &[Vec<u8>]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for item in items {
+        body.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0]);
+        body.extend_from_slice(&(item.len() as u32).to_le_bytes());
+        body.extend_from_slice(item);
+    }
+    let mut out = Vec::new();
+    out.extend_from_slice(&tag.group().to_le_bytes());
+    out.extend_from_slice(&tag.element().to_le_bytes());
+    out.extend_from_slice(b"SQ\0\0");
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
 fn ecg(sop: &str, study: &str) -> Vec<u8> {
     let samples: Vec<u8> = (0..12 * 5000u32)
         .flat_map(|i| ((i % 400) as i16 - 200).to_le_bytes())
@@ -193,7 +210,8 @@ fn ecg(sop: &str, study: &str) -> Vec<u8> {
     .concat();
     let data_set = [
         common(ECG, sop, study, &format!("{study}.8.2"), "ECG"),
-        sequence(Tag::new(0x5400, 0x0100), &[waveform]),
+        // Defined length (120 kB): a sequence this large is still not bulk data.
+        sequence_defined(Tag::new(0x5400, 0x0100), &[waveform]),
     ]
     .concat();
     part10(ECG, sop, data_set)
@@ -208,6 +226,20 @@ fn pdf(sop: &str, study: &str) -> Vec<u8> {
     }
     let data_set = [
         common(PDF, sop, study, &format!("{study}.8.3"), "DOC"),
+        // Concept Name Code Sequence, undefined length.
+        sequence(
+            Tag::new(0x0040, 0xA043),
+            &[[
+                el(Tag::new(0x0008, 0x0100), b"SH", &text("18748-4")),
+                el(Tag::new(0x0008, 0x0102), b"SH", &text("LN")),
+                el(
+                    Tag::new(0x0008, 0x0104),
+                    b"LO",
+                    &text("Diagnostic imaging report"),
+                ),
+            ]
+            .concat()],
+        ),
         el(Tag::new(0x0042, 0x0011), b"OB", &document),
         el(Tag::new(0x0042, 0x0012), b"LO", &text("application/pdf")),
     ]
@@ -470,6 +502,18 @@ fn curl_round_trips_generated_objects_and_samples_byte_for_byte() {
         assert_eq!(md[0]["00080018"]["Value"][0], sop.as_str(), "{name}");
     }
 
+    // The ECG's waveform sequence is in its metadata, items and all.
+    let (_, ecg) = &objects[2];
+    let (study, series, sop) = instance_path(ecg);
+    let url = server.url(&format!("/studies/{study}/series/{series}/instances/{sop}"));
+    let md = curl(&[&format!("{url}/metadata")], None);
+    let md: serde_json::Value = serde_json::from_slice(&md.body).unwrap();
+    assert_eq!(md[0]["54000100"]["vr"], "SQ");
+    assert_eq!(
+        md[0]["54000100"]["Value"][0]["003A0005"]["Value"][0], 12,
+        "{md}"
+    );
+
     // Frames of the 50 MB XA: one range read each, equal to the pixel bytes.
     let (_, xa) = &objects[1];
     assert!(xa.len() >= 50 << 20);
@@ -491,6 +535,10 @@ fn curl_round_trips_generated_objects_and_samples_byte_for_byte() {
     let url = server.url(&format!("/studies/{study}/series/{series}/instances/{sop}"));
     let md = curl(&[&format!("{url}/metadata")], None);
     let md: serde_json::Value = serde_json::from_slice(&md.body).unwrap();
+    assert_eq!(
+        md[0]["0040A043"]["Value"][0]["00080100"]["Value"][0],
+        "18748-4"
+    );
     let uri = md[0]["00420011"]["BulkDataURI"]
         .as_str()
         .expect("bulk data URI")
