@@ -47,10 +47,11 @@ pub struct MemInstance {
 #[derive(Debug, Default)]
 pub struct MemPart {
     instances: BTreeMap<String, MemInstance>,
-    /// SOP Instance UIDs per study and per series, so that queries touch only the entries
-    /// of the studies and series they look at, not the whole part.
-    by_study: HashMap<String, BTreeSet<String>>,
-    by_series: HashMap<String, BTreeSet<String>>,
+    /// (sequence number, SOP Instance UID) per study and per series, so that queries touch
+    /// only the entries of the studies and series they look at, not the whole part, and find
+    /// each one's newest entry (the last) without a scan.
+    by_study: HashMap<String, BTreeSet<(u64, String)>>,
+    by_series: HashMap<String, BTreeSet<(u64, String)>>,
     /// Removals not yet in a run, with the segment of the record that caused them.
     removals: Vec<(Removal, u64)>,
 }
@@ -62,11 +63,11 @@ impl MemPart {
         self.by_study
             .entry(a.study_instance_uid.clone())
             .or_default()
-            .insert(sop.clone());
+            .insert((instance.seq, sop.clone()));
         self.by_series
             .entry(a.series_instance_uid.clone())
             .or_default()
-            .insert(sop.clone());
+            .insert((instance.seq, sop.clone()));
         self.instances.insert(sop, instance);
     }
 
@@ -78,7 +79,7 @@ impl MemPart {
             (&mut self.by_series, &a.series_instance_uid),
         ] {
             if let Some(set) = map.get_mut(key) {
-                set.remove(sop);
+                set.remove(&(instance.seq, sop.to_string()));
                 if set.is_empty() {
                     map.remove(key);
                 }
@@ -101,12 +102,29 @@ impl MemPart {
         self.removals.retain(|(_, s)| !segments.contains(s));
     }
 
+    /// The newest entry of every study (`Level::Study`) or series, in UID order.
+    fn newest_per(&self, level: Level) -> Vec<&MemInstance> {
+        let map = if level == Level::Study {
+            &self.by_study
+        } else {
+            &self.by_series
+        };
+        let mut uids: Vec<&String> = map.keys().collect();
+        uids.sort_unstable();
+        uids.into_iter()
+            .filter_map(|uid| {
+                let (_, sop) = map.get(uid)?.last()?;
+                self.instances.get(sop)
+            })
+            .collect()
+    }
+
     /// The instances of study `uid`.
     fn in_study<'a>(&'a self, uid: &str) -> impl Iterator<Item = &'a MemInstance> + 'a {
         let sops = self.by_study.get(uid);
         sops.into_iter()
             .flatten()
-            .filter_map(|sop| self.instances.get(sop))
+            .filter_map(|(_, sop)| self.instances.get(sop))
     }
 
     /// The instances of series `uid`.
@@ -114,7 +132,7 @@ impl MemPart {
         let sops = self.by_series.get(uid);
         sops.into_iter()
             .flatten()
-            .filter_map(|sop| self.instances.get(sop))
+            .filter_map(|(_, sop)| self.instances.get(sop))
     }
 
     pub fn len(&self) -> usize {
@@ -1030,13 +1048,26 @@ impl Exec<'_> {
             let mut candidates: Vec<InstanceAttrs> = Vec::new();
             match source {
                 Source::Mem(m) => {
-                    for x in newest_per(m, |a| &a.study_instance_uid).values() {
+                    for x in m.newest_per(Level::Study) {
                         candidates.push(study_level(&x.attrs));
                     }
                 }
                 Source::Run(r) => {
+                    // Person-name keys have no index: test the name alone before decoding
+                    // the rest of the row (a row failing it is out whichever source is newer).
+                    let name_key = self
+                        .query
+                        .filters
+                        .iter()
+                        .find(|(t, _)| *t == tags::PATIENT_NAME)
+                        .map(|(_, m)| m);
                     for row in self.study_candidates(r)? {
                         let study = r.study(row)?;
+                        if let Some(m) = name_key {
+                            if !m.matches(r.study_patient_name(&study)?) {
+                                continue;
+                            }
+                        }
                         let mut attrs = InstanceAttrs::default();
                         r.study_attrs(&study, &mut attrs)?;
                         candidates.push(attrs);
@@ -1156,7 +1187,7 @@ impl Exec<'_> {
             let mut candidates: Vec<InstanceAttrs> = Vec::new();
             match source {
                 Source::Mem(m) => {
-                    for x in newest_per(m, |a| &a.series_instance_uid).values() {
+                    for x in m.newest_per(Level::Series) {
                         candidates.push(series_level(&x.attrs));
                     }
                 }
@@ -1214,6 +1245,21 @@ impl Exec<'_> {
         Ok(rows)
     }
 
+    /// The in-memory entries an instance query can match: those of the SOP Instance UIDs,
+    /// series or studies it names, else all.
+    fn mem_instance_candidates<'m>(&self, m: &'m MemPart) -> Vec<&'m MemInstance> {
+        if let Some(uids) = exact(self.query, tags::SOP_INSTANCE_UID) {
+            return uids.iter().filter_map(|u| m.instances.get(*u)).collect();
+        }
+        if let Some(uids) = exact(self.query, tags::SERIES_INSTANCE_UID) {
+            return uids.iter().flat_map(|u| m.in_series(u)).collect();
+        }
+        if let Some(uids) = exact(self.query, tags::STUDY_INSTANCE_UID) {
+            return uids.iter().flat_map(|u| m.in_study(u)).collect();
+        }
+        m.instances.values().collect()
+    }
+
     fn instances(&self) -> Result<Vec<InstanceHit>> {
         let levels = [Level::Patient, Level::Study, Level::Series, Level::Instance];
         let mut out = Vec::new();
@@ -1221,7 +1267,7 @@ impl Exec<'_> {
         for source in self.sources {
             match source {
                 Source::Mem(m) => {
-                    for x in m.instances.values() {
+                    for x in self.mem_instance_candidates(m) {
                         if out.len() >= self.want {
                             return Ok(out);
                         }
@@ -1338,17 +1384,6 @@ fn rows_of(uids: &[&str], find: impl Fn(&str) -> Result<Option<u32>>) -> Result<
 }
 
 /// The newest in-memory instance per study (or series): it gives their attributes.
-fn newest_per(m: &MemPart, key: fn(&InstanceAttrs) -> &String) -> BTreeMap<&str, &MemInstance> {
-    let mut out: BTreeMap<&str, &MemInstance> = BTreeMap::new();
-    for x in m.instances.values() {
-        let e = out.entry(key(&x.attrs).as_str()).or_insert(x);
-        if x.seq > e.seq {
-            *e = x;
-        }
-    }
-    out
-}
-
 fn patient_level(a: &InstanceAttrs) -> InstanceAttrs {
     InstanceAttrs {
         patient_id: a.patient_id.clone(),

@@ -1488,6 +1488,12 @@ impl Run {
         Ok(())
     }
 
+    /// The patient name of a study row's patient (for filtering before decoding the rest).
+    pub fn study_patient_name(&self, study: &StudyRow) -> Result<&str> {
+        let p = self.row(Section::Patients, PATIENT_ROW_BYTES, study.patient)?;
+        self.str(le32(p, 8))
+    }
+
     /// ModalitiesInStudy of a study row (sorted, `\`-separated).
     pub fn study_modalities(&self, study: &StudyRow) -> Result<&str> {
         self.str(study.modalities)
