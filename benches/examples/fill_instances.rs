@@ -115,7 +115,7 @@ fn main() -> kuvasto_engine::Result<()> {
                 let mut put = store.put_instance();
                 put.write(&bytes).expect("write");
                 put.finish().expect("finish");
-                if n % 100_000 == 0 {
+                if n.is_multiple_of(100_000) {
                     eprintln!("{n} instances, {:.0} s", started.elapsed().as_secs_f64());
                 }
             });
