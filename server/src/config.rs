@@ -83,7 +83,8 @@ pub struct HttpSection {
     pub listen: SocketAddr,
     /// Empty: derived from the request's Host header.
     pub public_url: String,
-    /// Requests served at once; more wait for a slot.
+    /// STOW-RS and WADO-RS requests served at once; more wait for a slot (searches and
+    /// deletes are short and not counted).
     pub requests_max: usize,
     /// After SIGTERM/SIGINT, in-flight requests get this long to finish; then they are
     /// abandoned (an upload's unfinished instance never becomes visible).

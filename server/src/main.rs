@@ -30,14 +30,23 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // Structured logs: key=value text by default, one JSON object per line with
+    // KUVASTO_LOG_FORMAT=json (for log shippers); RUST_LOG filters (default "info").
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match std::env::var("KUVASTO_LOG_FORMAT").as_deref() {
+        Ok("json") => builder.json().init(),
+        Ok("text") | Err(_) => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        Ok(other) => {
+            builder.init();
+            tracing::warn!(format = other, "KUVASTO_LOG_FORMAT is `text` or `json`; using text");
+        }
+    }
     match Cli::parse().command {
         Command::Serve { config } => kuvasto_server::serve::serve(config.resolve()?),
         Command::Check { config } => {

@@ -138,12 +138,15 @@ async fn run(
             rx,
         )
     });
+    let (mut frames, mut bytes) = (0u64, 0u64);
     loop {
         match body.frame().await {
             Some(Ok(frame)) => {
                 let Ok(data) = frame.into_data() else {
                     continue;
                 };
+                frames += 1;
+                bytes += data.len() as u64;
                 if tx.send(Ok(data)).await.is_err() {
                     break; // the worker stopped reading: the body is refused
                 }
@@ -156,6 +159,7 @@ async fn run(
         }
     }
     drop(tx);
+    tracing::debug!(frames, bytes, "STOW body received");
     match worker.await {
         Ok(report) => respond(report, study.as_deref(), &base_url),
         Err(e) => problem(
