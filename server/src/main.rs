@@ -44,7 +44,10 @@ fn main() -> anyhow::Result<()> {
             .init(),
         Ok(other) => {
             builder.init();
-            tracing::warn!(format = other, "KUVASTO_LOG_FORMAT is `text` or `json`; using text");
+            tracing::warn!(
+                format = other,
+                "KUVASTO_LOG_FORMAT is `text` or `json`; using text"
+            );
         }
     }
     match Cli::parse().command {

@@ -320,12 +320,8 @@ impl Object {
         self.len == 0
     }
 
-    /// Calls `f` with the verified bytes of `range`, in order. Zero-copy for sealed segments.
-    pub fn visit_range(
-        &self,
-        range: Range<u64>,
-        f: &mut dyn FnMut(&[u8]) -> Result<()>,
-    ) -> Result<()> {
+    /// The stored parts `range` touches, each with the part of its body it covers.
+    fn parts_in(&self, range: Range<u64>) -> Result<Vec<(&Part, Range<u64>)>> {
         if range.start > range.end || range.end > self.len {
             return Err(Error::InvalidArgument(format!(
                 "range {}..{} outside object of {} bytes",
@@ -335,14 +331,25 @@ impl Object {
         let first = self
             .parts
             .partition_point(|p| p.object_offset + p.record.header.body_len <= range.start);
-        for part in &self.parts[first..] {
-            if part.object_offset >= range.end {
-                break;
-            }
-            let part_len = part.record.header.body_len;
-            let from = range.start.saturating_sub(part.object_offset);
-            let to = (range.end - part.object_offset).min(part_len);
-            visit_body(&part.segment, &part.record, from..to, f)?;
+        Ok(self.parts[first..]
+            .iter()
+            .take_while(|part| part.object_offset < range.end)
+            .map(|part| {
+                let from = range.start.saturating_sub(part.object_offset);
+                let to = (range.end - part.object_offset).min(part.record.header.body_len);
+                (part, from..to)
+            })
+            .collect())
+    }
+
+    /// Calls `f` with the verified bytes of `range`, in order. Zero-copy for sealed segments.
+    pub fn visit_range(
+        &self,
+        range: Range<u64>,
+        f: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        for (part, body_range) in self.parts_in(range)? {
+            visit_body(&part.segment, &part.record, body_range, f)?;
         }
         Ok(())
     }
@@ -356,33 +363,20 @@ impl Object {
         range: Range<u64>,
         f: &mut dyn FnMut(SharedBytes) -> Result<()>,
     ) -> Result<()> {
-        if range.start > range.end || range.end > self.len {
-            return Err(Error::InvalidArgument(format!(
-                "range {}..{} outside object of {} bytes",
-                range.start, range.end, self.len
-            )));
-        }
-        let first = self
-            .parts
-            .partition_point(|p| p.object_offset + p.record.header.body_len <= range.start);
-        for part in &self.parts[first..] {
-            if part.object_offset >= range.end {
-                break;
-            }
-            let part_len = part.record.header.body_len;
-            let from = range.start.saturating_sub(part.object_offset);
-            let to = (range.end - part.object_offset).min(part_len);
+        for (part, body_range) in self.parts_in(range)? {
             if part.segment.is_sealed() {
                 // Verify every block the range touches, then lend the mapping itself.
-                visit_body(&part.segment, &part.record, from..to, &mut |_| Ok(()))?;
-                let start = part.record.body_start + from;
+                visit_body(&part.segment, &part.record, body_range.clone(), &mut |_| {
+                    Ok(())
+                })?;
+                let start = part.record.body_start + body_range.start;
                 f(SharedBytes::Mapped {
                     segment: part.segment.clone(),
                     start: start as usize,
-                    end: (start + (to - from)) as usize,
+                    end: (start + (body_range.end - body_range.start)) as usize,
                 })?;
             } else {
-                visit_body(&part.segment, &part.record, from..to, &mut |b| {
+                visit_body(&part.segment, &part.record, body_range, &mut |b| {
                     f(SharedBytes::Owned(b.to_vec()))
                 })?;
             }

@@ -40,6 +40,23 @@ impl Range {
     }
 }
 
+/// Checks that the client accepts a DICOM JSON answer (`application/dicom+json` or
+/// `application/json`, wild cards included); `what` names the answer in the 406 reason.
+pub fn require_json(headers: &HeaderMap, what: &str) -> Result<(), super::Refusal> {
+    use axum::http::StatusCode;
+    let ranges = ranges(headers).map_err(|e| super::Refusal::new(StatusCode::BAD_REQUEST, e))?;
+    if ranges
+        .iter()
+        .any(|r| r.admits("application/dicom+json") || r.admits("application/json"))
+    {
+        return Ok(());
+    }
+    Err(super::Refusal::new(
+        StatusCode::NOT_ACCEPTABLE,
+        format!("{what} is available as application/dicom+json (XML is not supported)"),
+    ))
+}
+
 /// Splits a header value on commas that are not inside quoted strings.
 fn split_list(value: &str) -> Vec<&str> {
     let mut out = Vec::new();

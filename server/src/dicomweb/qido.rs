@@ -197,18 +197,8 @@ async fn search(
     raw: Option<String>,
     fixed: Vec<(Tag, String)>,
 ) -> Response {
-    match super::accept::ranges(&headers) {
-        Ok(ranges)
-            if ranges
-                .iter()
-                .any(|r| r.admits("application/dicom+json") || r.admits("application/json")) => {}
-        Ok(_) => {
-            return problem(
-                StatusCode::NOT_ACCEPTABLE,
-                "search results are available as application/dicom+json (XML is not supported)",
-            )
-        }
-        Err(e) => return problem(StatusCode::BAD_REQUEST, e),
+    if let Err(refusal) = super::accept::require_json(&headers, "the search result") {
+        return refusal.into_response();
     }
     let search = match parse(&state, level, raw.as_deref(), fixed) {
         Ok(s) => s,

@@ -105,18 +105,8 @@ async fn run(
         Ok(b) => b,
         Err(e) => return problem(StatusCode::BAD_REQUEST, format!("Content-Type: {e}")),
     };
-    match accept::ranges(&headers) {
-        Ok(ranges)
-            if ranges
-                .iter()
-                .any(|r| r.admits("application/dicom+json") || r.admits("application/json")) => {}
-        Ok(_) => {
-            return problem(
-                StatusCode::NOT_ACCEPTABLE,
-                "the store response is application/dicom+json (XML responses are not supported)",
-            )
-        }
-        Err(e) => return problem(StatusCode::BAD_REQUEST, e),
+    if let Err(refusal) = accept::require_json(&headers, "the store response") {
+        return refusal.into_response();
     }
     let caller = state.caller(&peer);
     let base_url = state.base_url(&headers);

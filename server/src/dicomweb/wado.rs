@@ -305,23 +305,6 @@ pub fn metadata_json(
     .map_err(|e| format!("instance {}: {e}", md.attrs.sop_instance_uid))
 }
 
-fn json_acceptable(headers: &HeaderMap) -> Result<(), Refusal> {
-    match accept::ranges(headers) {
-        Ok(ranges)
-            if ranges
-                .iter()
-                .any(|r| r.admits("application/dicom+json") || r.admits("application/json")) =>
-        {
-            Ok(())
-        }
-        Ok(_) => Err(Refusal::new(
-            StatusCode::NOT_ACCEPTABLE,
-            "metadata is available as application/dicom+json (XML is not supported)",
-        )),
-        Err(e) => Err(Refusal::new(StatusCode::BAD_REQUEST, e)),
-    }
-}
-
 async fn metadata(
     state: State,
     peer: ConnectInfo<SocketAddr>,
@@ -330,7 +313,7 @@ async fn metadata(
     series: Option<String>,
     instance: Option<String>,
 ) -> Response {
-    if let Err(refusal) = json_acceptable(&headers) {
+    if let Err(refusal) = accept::require_json(&headers, "the metadata") {
         return refusal.into_response();
     }
     let Ok(_slot) = state.slots.acquire().await else {
@@ -606,12 +589,35 @@ pub async fn frames(
     };
     let boundary = boundary();
     let (tx, body) = body::channel();
-    let b = boundary.clone();
     let url = format!("{}/frames", instance_url(&base_url, &md));
+    let part_headers = move |n: u32| {
+        format!(
+            "Content-Type: {media}; transfer-syntax={syntax}\r\nContent-Location: {url}/{n}\r\n"
+        )
+    };
+    spawn_frame_parts(object, md, wanted, boundary.clone(), tx, part_headers);
+    streamed(
+        format!("multipart/related; type=\"{media}\"; boundary={boundary}"),
+        body,
+    )
+}
+
+/// Sends frames `numbers` (1-based) of `object` as multipart parts on the blocking pool;
+/// `part_headers` gives each part's header lines (Content-Length is added).
+fn spawn_frame_parts(
+    object: Object,
+    md: InstanceMetadata,
+    numbers: Vec<u32>,
+    boundary: String,
+    tx: Sender,
+    part_headers: impl Fn(u32) -> String + Send + 'static,
+) {
     tokio::task::spawn_blocking(move || {
-        for n in wanted {
-            let range = md.frames[n as usize - 1];
-            let bytes = match frame_bytes(&object, &range, &md) {
+        for n in numbers {
+            let Some(range) = md.frames.get(n as usize - 1) else {
+                return; // numbers were checked against the frame map
+            };
+            let bytes = match frame_bytes(&object, range, &md) {
                 Ok(bytes) => bytes,
                 Err(e) => {
                     tracing::error!(error = %e, frame = n, "frame read failed");
@@ -620,7 +626,8 @@ pub async fn frames(
                 }
             };
             let head = format!(
-                "--{b}\r\nContent-Type: {media}; transfer-syntax={syntax}\r\nContent-Location: {url}/{n}\r\nContent-Length: {}\r\n\r\n",
+                "--{boundary}\r\n{}Content-Length: {}\r\n\r\n",
+                part_headers(n),
                 bytes.len()
             );
             if send(&tx, Bytes::from(head)).is_err()
@@ -630,12 +637,8 @@ pub async fn frames(
                 return;
             }
         }
-        let _ = send(&tx, Bytes::from(format!("--{b}--\r\n")));
+        let _ = send(&tx, Bytes::from(format!("--{boundary}--\r\n")));
     });
-    streamed(
-        format!("multipart/related; type=\"{media}\"; boundary={boundary}"),
-        body,
-    )
 }
 
 /// The instance named by a URL, checked to be in that study and series.
@@ -736,29 +739,9 @@ pub async fn bulkdata(
         }
         let boundary = boundary();
         let (tx, body) = body::channel();
-        let b = boundary.clone();
-        tokio::task::spawn_blocking(move || {
-            for range in &md.frames {
-                let bytes = match frame_bytes(&object, range, &md) {
-                    Ok(bytes) => bytes,
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(std::io::Error::other(e)));
-                        return;
-                    }
-                };
-                let head = format!(
-                    "--{b}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
-                    bytes.len()
-                );
-                if send(&tx, Bytes::from(head)).is_err()
-                    || send(&tx, Bytes::from(bytes)).is_err()
-                    || send(&tx, Bytes::from_static(b"\r\n")).is_err()
-                {
-                    return;
-                }
-            }
-            let _ = send(&tx, Bytes::from(format!("--{b}--\r\n")));
-        });
+        let all: Vec<u32> = (1..=md.frames.len() as u32).collect();
+        let part_headers = |_| "Content-Type: application/octet-stream\r\n".to_string();
+        spawn_frame_parts(object, md, all, boundary.clone(), tx, part_headers);
         return streamed(
             format!("multipart/related; type=\"application/octet-stream\"; boundary={boundary}"),
             body,
