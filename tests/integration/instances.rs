@@ -523,3 +523,23 @@ fn a_caller_check_refuses_before_anything_is_visible() {
         .is_none());
     assert!(store.instance_metadata("1.2.3.1.1").unwrap().is_none());
 }
+
+#[test]
+fn a_header_over_the_metadata_limit_is_refused_before_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StoreConfig::default();
+    // The CT's header without its 20,000-byte bulk value is a few hundred bytes.
+    config.instances.header_bytes_max = 64;
+    let store = Store::open(dir.path(), config).unwrap();
+    let bytes = ct("P1", "1.2.3", "1.2.3.1", "1.2.3.1.1", 1);
+    let err = put(&store, &bytes, 4096).unwrap_err();
+    assert!(
+        matches!(err, Error::Limit { max: 64, .. }),
+        "refused with the limit: {err}"
+    );
+    assert!(store
+        .get(Namespace::OBJECT, b"1.2.3.1.1")
+        .unwrap()
+        .is_none());
+    assert!(store.instance_metadata("1.2.3.1.1").unwrap().is_none());
+}
