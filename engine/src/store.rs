@@ -637,6 +637,11 @@ impl PutStream {
                 max: self.object_bytes_max,
             });
         }
+        if self.buf.capacity() < self.buf_capacity && !bytes.is_empty() {
+            // The whole buffer at once: growing it by doubling would copy what it holds
+            // again at every step.
+            self.buf.reserve_exact(self.buf_capacity - self.buf.len());
+        }
         while !bytes.is_empty() {
             let take = (self.buf_capacity - self.buf.len()).min(bytes.len());
             self.buf.extend_from_slice(&bytes[..take]);
