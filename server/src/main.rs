@@ -22,6 +22,16 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Reclaim the space of deleted and replaced instances: copy the live records of sealed
+    /// segments that are mostly garbage into new segments and remove the old ones. Run it
+    /// with the server stopped (the store is locked while the server runs).
+    Compact {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Compact sealed segments at least this fraction garbage (0.0 to 1.0).
+        #[arg(long, default_value_t = 0.5)]
+        garbage_ratio_min: f64,
+    },
     /// Open the store, print what recovery found and its sizes, and exit (non-zero on corruption).
     Check {
         #[command(flatten)]
@@ -52,6 +62,31 @@ fn main() -> anyhow::Result<()> {
     }
     match Cli::parse().command {
         Command::Serve { config } => kuvasto_server::serve::serve(config.resolve()?),
+        Command::Compact {
+            config,
+            garbage_ratio_min,
+        } => {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&garbage_ratio_min),
+                "--garbage-ratio-min must be between 0.0 and 1.0"
+            );
+            let store = kuvasto_server::serve::open_store(&config.resolve()?)?;
+            let report = store.compact(&kuvasto_engine::CompactOptions {
+                segments: None,
+                garbage_ratio_min,
+            })?;
+            println!(
+                "compacted {} segments into {}: {} -> {} bytes ({} objects, {} tombstones moved)",
+                report.segments_removed.len(),
+                report.segments_written.len(),
+                report.bytes_before,
+                report.bytes_after,
+                report.objects_moved,
+                report.tombstones_moved
+            );
+            store.close();
+            Ok(())
+        }
         Command::Check { config } => {
             let store = kuvasto_server::serve::open_store(&config.resolve()?)?;
             let stats = store.stats();
