@@ -12,4 +12,5 @@
 pub mod archive;
 pub mod config;
 pub mod dicomweb;
+pub mod dimse;
 pub mod serve;
