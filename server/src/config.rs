@@ -50,9 +50,18 @@ pub struct ConfigArgs {
     /// `replace`. Identical bytes are always accepted without a second copy.
     #[arg(long, env = "KUVASTO_DUPLICATES", value_parser = parse_duplicates)]
     pub duplicates: Option<DuplicatePolicy>,
+    /// DIMSE listen address (default 127.0.0.1:11112; port 0 picks a free port).
+    #[arg(long, env = "KUVASTO_DIMSE_LISTEN")]
+    pub dimse_listen: Option<SocketAddr>,
+    /// Calling AE titles allowed to associate, comma-separated (default: any).
+    #[arg(long, env = "KUVASTO_DIMSE_CALLING_AE_TITLES", value_delimiter = ',')]
+    pub dimse_calling_ae_titles: Option<Vec<String>>,
     /// Write the bound HTTP address to this file once the server accepts connections.
     #[arg(long, env = "KUVASTO_ADDRESS_FILE")]
     pub address_file: Option<PathBuf>,
+    /// Write the bound DIMSE address to this file once it accepts associations.
+    #[arg(long, env = "KUVASTO_DIMSE_ADDRESS_FILE")]
+    pub dimse_address_file: Option<PathBuf>,
 }
 
 /// The whole configuration, as the file spells it.
@@ -61,10 +70,14 @@ pub struct ConfigArgs {
 pub struct Config {
     pub storage: StorageSection,
     pub http: HttpSection,
+    pub dimse: DimseSection,
     pub archive: ArchiveSection,
     /// Not in the file: from `--address-file` only.
     #[serde(skip)]
     pub address_file: Option<PathBuf>,
+    /// Not in the file: from `--dimse-address-file` only.
+    #[serde(skip)]
+    pub dimse_address_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -99,6 +112,23 @@ pub struct HttpSection {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct DimseSection {
+    /// DIMSE listen address (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// This archive's AE title (the called AE title peers use).
+    pub ae_title: String,
+    /// Calling AE titles allowed to associate; empty allows any (local use only).
+    pub calling_ae_titles: Vec<String>,
+    /// Associations served at once; more are refused.
+    pub associations_max: usize,
+    /// Largest PDU accepted (and offered).
+    pub max_pdu_bytes: u32,
+    /// An association idle this long is closed.
+    pub idle_timeout_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ArchiveSection {
     pub organisation: String,
     /// `reject` or `replace`.
@@ -128,6 +158,19 @@ impl Default for HttpSection {
             stow_queue_chunks_max: 16,
             part_header_bytes_max: 16 << 10,
             parts_max: 100_000,
+        }
+    }
+}
+
+impl Default for DimseSection {
+    fn default() -> Self {
+        DimseSection {
+            listen: SocketAddr::from(([127, 0, 0, 1], 11112)),
+            ae_title: "KUVASTO".into(),
+            calling_ae_titles: Vec::new(),
+            associations_max: 64,
+            max_pdu_bytes: 65_536,
+            idle_timeout_seconds: 60,
         }
     }
 }
@@ -198,6 +241,12 @@ impl ConfigArgs {
         if let Some(v) = self.http_listen {
             config.http.listen = v;
         }
+        if let Some(v) = self.dimse_listen {
+            config.dimse.listen = v;
+        }
+        if let Some(v) = &self.dimse_calling_ae_titles {
+            config.dimse.calling_ae_titles = v.clone();
+        }
         if let Some(v) = &self.public_url {
             config.http.public_url = v.clone();
         }
@@ -211,6 +260,7 @@ impl ConfigArgs {
             };
         }
         config.address_file = self.address_file.clone();
+        config.dimse_address_file = self.dimse_address_file.clone();
         config.validate()?;
         Ok(config)
     }
@@ -241,6 +291,18 @@ impl Config {
         anyhow::ensure!(
             self.http.stow_queue_chunks_max > 0,
             "http.stow_queue_chunks_max must be at least 1"
+        );
+        anyhow::ensure!(
+            !self.dimse.ae_title.trim().is_empty() && self.dimse.ae_title.len() <= 16,
+            "dimse.ae_title must be 1 to 16 characters"
+        );
+        anyhow::ensure!(
+            self.dimse.associations_max > 0,
+            "dimse.associations_max must be at least 1"
+        );
+        anyhow::ensure!(
+            self.dimse.max_pdu_bytes >= 4096,
+            "dimse.max_pdu_bytes must be at least 4096"
         );
         anyhow::ensure!(
             !self.archive.organisation.trim().is_empty(),

@@ -63,7 +63,13 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         slots: tokio::sync::Semaphore::new(config.http.requests_max),
     });
     let grace = Duration::from_secs(config.http.shutdown_grace_seconds);
+    let dimse = crate::dimse::scp::Listener::start(&config.dimse)?;
+    if let Some(path) = &config.dimse_address_file {
+        std::fs::write(path, dimse.address.to_string())
+            .with_context(|| format!("writing the DIMSE address file {}", path.display()))?;
+    }
     let served = runtime.block_on(run_http(state.clone(), &config, grace));
+    dimse.stop();
     // Abandon whatever is still running on the blocking pool (uploads see their body end
     // and drop their unfinished instance).
     state.slots.close();

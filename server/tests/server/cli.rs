@@ -21,6 +21,8 @@ fn serve_runs_until_sigterm_and_closes_cleanly() {
         .arg(&data)
         .arg("--http-listen")
         .arg("127.0.0.1:0")
+        .arg("--dimse-listen")
+        .arg("127.0.0.1:0")
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn kuvasto serve");

@@ -1,5 +1,7 @@
 //! The `kuvasto` binary as operators and clients meet it, one test binary: the CLI
-//! (`serve`, `check`), and DICOMweb driven by real clients (curl, Python's dicomweb-client).
+//! (`serve`, `check`), DICOMweb driven by real clients (curl, Python's dicomweb-client), and
+//! DIMSE driven by dcmtk.
 
 mod cli;
 mod dicomweb;
+mod dimse;
