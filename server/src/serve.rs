@@ -60,7 +60,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         organisation: config.archive.organisation.clone(),
         extra_tags: config.extra_tags()?,
         bound: std::sync::OnceLock::new(),
-        slots: tokio::sync::Semaphore::new(config.http.requests_max),
+        slots: Arc::new(tokio::sync::Semaphore::new(config.http.requests_max)),
     });
     let grace = Duration::from_secs(config.http.shutdown_grace_seconds);
     let dimse = crate::dimse::scp::Listener::start(&config.dimse)?;

@@ -9,16 +9,18 @@ use tokio::sync::mpsc;
 /// Pieces of a response a producer may have queued ahead of the network.
 pub const RETRIEVE_QUEUE_PIECES_MAX: usize = 8;
 
-/// The receiving end; the producer holds a [`Sender`].
+/// The receiving end; the producer holds a [`Sender`]. It keeps the request's slot
+/// (`http.requests_max`) until the response is sent or abandoned.
 pub struct ChannelBody {
     rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 pub type Sender = mpsc::Sender<Result<Bytes, std::io::Error>>;
 
-pub fn channel() -> (Sender, ChannelBody) {
+pub fn channel(slot: tokio::sync::OwnedSemaphorePermit) -> (Sender, ChannelBody) {
     let (tx, rx) = mpsc::channel(RETRIEVE_QUEUE_PIECES_MAX);
-    (tx, ChannelBody { rx })
+    (tx, ChannelBody { rx, _slot: slot })
 }
 
 impl Body for ChannelBody {

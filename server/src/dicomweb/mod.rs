@@ -43,7 +43,7 @@ pub struct AppState {
     /// The address the listener is bound to (set once listening).
     pub bound: std::sync::OnceLock<SocketAddr>,
     /// Bounds concurrent requests (`http.requests_max`).
-    pub slots: tokio::sync::Semaphore,
+    pub slots: Arc<tokio::sync::Semaphore>,
 }
 
 pub type State = Arc<AppState>;

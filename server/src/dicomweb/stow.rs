@@ -63,7 +63,7 @@ async fn run(
     headers: HeaderMap,
     mut body: Body,
 ) -> Response {
-    let Ok(_slot) = state.slots.acquire().await else {
+    let Ok(_slot) = state.slots.clone().acquire_owned().await else {
         return problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "the server is shutting down",

@@ -99,7 +99,7 @@ async fn retrieve(
     series: Option<String>,
     instance: Option<String>,
 ) -> Response {
-    let Ok(_slot) = state.slots.acquire().await else {
+    let Ok(slot) = state.slots.clone().acquire_owned().await else {
         return problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "the server is shutting down",
@@ -132,7 +132,7 @@ async fn retrieve(
     };
     let caller = state.caller(&peer);
     let boundary = boundary();
-    let (tx, body) = body::channel();
+    let (tx, body) = body::channel(slot);
     let archive = state.archive.clone();
     let b = boundary.clone();
     tokio::task::spawn_blocking(move || {
@@ -316,7 +316,7 @@ async fn metadata(
     if let Err(refusal) = accept::require_json(&headers, "the metadata") {
         return refusal.into_response();
     }
-    let Ok(_slot) = state.slots.acquire().await else {
+    let Ok(_slot) = state.slots.clone().acquire_owned().await else {
         return problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "the server is shutting down",
@@ -533,7 +533,7 @@ pub async fn frames(
         Ok(r) => r,
         Err(e) => return problem(StatusCode::BAD_REQUEST, e),
     };
-    let Ok(_slot) = state.slots.acquire().await else {
+    let Ok(slot) = state.slots.clone().acquire_owned().await else {
         return problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "the server is shutting down",
@@ -588,7 +588,7 @@ pub async fn frames(
         );
     };
     let boundary = boundary();
-    let (tx, body) = body::channel();
+    let (tx, body) = body::channel(slot);
     let url = format!("{}/frames", instance_url(&base_url, &md));
     let part_headers = move |n: u32| {
         format!(
@@ -696,7 +696,7 @@ pub async fn bulkdata(
             "bulk data is available as multipart/related; type=\"application/octet-stream\"",
         );
     }
-    let Ok(_slot) = state.slots.acquire().await else {
+    let Ok(slot) = state.slots.clone().acquire_owned().await else {
         return problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "the server is shutting down",
@@ -738,7 +738,7 @@ pub async fn bulkdata(
             );
         }
         let boundary = boundary();
-        let (tx, body) = body::channel();
+        let (tx, body) = body::channel(slot);
         let all: Vec<u32> = (1..=md.frames.len() as u32).collect();
         let part_headers = |_| "Content-Type: application/octet-stream\r\n".to_string();
         spawn_frame_parts(object, md, all, boundary.clone(), tx, part_headers);
@@ -765,7 +765,7 @@ pub async fn bulkdata(
         );
     };
     let boundary = boundary();
-    let (tx, body) = body::channel();
+    let (tx, body) = body::channel(slot);
     let b = boundary.clone();
     let object = Arc::new(object);
     tokio::task::spawn_blocking(move || {
