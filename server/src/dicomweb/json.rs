@@ -1,28 +1,12 @@
 //! DICOM JSON (PS3.18 Annex F) for search results: the indexed attributes of a hit.
 
+use kuvasto_engine::dicom::json::write_json_string as string;
 use kuvasto_engine::dicom::{dictionary_vr, Tag};
 use kuvasto_engine::index::attrs::{tags, InstanceAttrs, Level};
 use kuvasto_engine::index::catalog::{Hits, InstanceHit, PatientHit, SeriesHit, StudyHit};
 
 const RETRIEVE_URL: Tag = Tag::new(0x0008, 0x1190);
 const INSTANCE_AVAILABILITY: Tag = Tag::new(0x0008, 0x0056);
-
-/// A JSON string literal.
-pub fn string(s: &str, out: &mut String) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
 
 /// The VR the JSON names for an indexed attribute.
 pub fn vr_of(tag: Tag) -> [u8; 2] {

@@ -3,7 +3,6 @@
 //! straight into the engine; a request holds at most `stow_queue_chunks_max` network chunks
 //! plus the engine's one put buffer.
 
-use super::json::string;
 use super::multipart::{
     boundary_of, Event, MediaType, MultipartLimits, MultipartParser, ParseOrSink,
 };
@@ -15,6 +14,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::BodyExt;
+use kuvasto_engine::dicom::json::write_json_string as string;
 use std::net::SocketAddr;
 use tokio::sync::mpsc;
 

@@ -442,6 +442,18 @@ fn failure_reasons(reply: &Reply) -> Vec<u64> {
         .unwrap_or_default()
 }
 
+/// The SOP Instance UIDs a QIDO-RS search over all instances lists.
+fn listed_sops(server: &Server) -> Vec<String> {
+    let all = curl(&[&server.url("/instances")], None);
+    assert_eq!(all.status, 200);
+    let all: serde_json::Value = serde_json::from_slice(&all.body).expect("JSON search result");
+    all.as_array()
+        .expect("a JSON array")
+        .iter()
+        .filter_map(|i| i["00080018"]["Value"][0].as_str().map(String::from))
+        .collect()
+}
+
 /// The (study, series, instance) UIDs of a generated object.
 fn instance_path(bytes: &[u8]) -> (String, String, String) {
     let objects = generated_uids();
@@ -809,16 +821,9 @@ fn bad_input_gets_the_standard_errors_and_harms_nothing_stored() {
     let got = curl(&[&ct_url], None);
     assert_eq!(got.status, 200);
     assert!(parts_of(&got)[0] == *ct);
-    let all = curl(&[&server.url("/instances")], None);
-    let all: serde_json::Value = serde_json::from_slice(&all.body).unwrap();
-    let sops: Vec<&str> = all
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|i| i["00080018"]["Value"][0].as_str())
-        .collect();
+    let sops = listed_sops(&server);
     assert_eq!(sops.len(), 2, "{sops:?}");
-    assert!(sops.contains(&sop.as_str()) && sops.contains(&"2.25.4711.9.3"));
+    assert!(sops.contains(&sop) && sops.contains(&"2.25.4711.9.3".to_string()));
 }
 
 /// The head of a generated CT with 128 MiB of pixel data (8192 × 16384 bytes), and how
@@ -876,9 +881,7 @@ fn memory_stays_bounded_while_16_clients_upload_large_instances() {
     // 16 uploads × (one 2 MiB put buffer + 16 queued network chunks) plus the writer's
     // batches: far below one instance's size.
     assert!(peak_kib < 400 * 1024, "peak RSS {peak_kib} KiB");
-    let all = curl(&[&server.url("/instances")], None);
-    let all: serde_json::Value = serde_json::from_slice(&all.body).unwrap();
-    assert_eq!(all.as_array().unwrap().len(), 16);
+    assert_eq!(listed_sops(&server).len(), 16);
 }
 
 #[test]
@@ -913,14 +916,7 @@ fn shutdown_abandons_an_upload_in_flight_and_keeps_what_was_acknowledged() {
     uploader.join().unwrap();
     // Reopen: the acknowledged CT is there, the half XA is not.
     let server = Server::start_in(dir, &[]);
-    let all = curl(&[&server.url("/instances")], None);
-    let all: serde_json::Value = serde_json::from_slice(&all.body).unwrap();
-    let sops: Vec<&str> = all
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|i| i["00080018"]["Value"][0].as_str())
-        .collect();
+    let sops = listed_sops(&server);
     assert_eq!(sops, vec!["2.25.4711.9.1"]);
 }
 
