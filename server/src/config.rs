@@ -56,6 +56,11 @@ pub struct ConfigArgs {
     /// Calling AE titles allowed to associate, comma-separated (default: any).
     #[arg(long, env = "KUVASTO_DIMSE_CALLING_AE_TITLES", value_delimiter = ',')]
     pub dimse_calling_ae_titles: Option<Vec<String>>,
+    /// Known DIMSE peers (C-MOVE destinations, Storage Commitment reply addresses), as
+    /// `AE=HOST:PORT`, comma-separated; add `/new-association` to send that peer's Storage
+    /// Commitment results on a new association. Replaces the file's `[[dimse.peers]]`.
+    #[arg(long, env = "KUVASTO_DIMSE_PEERS", value_delimiter = ',', value_parser = parse_peer)]
+    pub dimse_peers: Option<Vec<Peer>>,
     /// Write the bound HTTP address to this file once the server accepts connections.
     #[arg(long, env = "KUVASTO_ADDRESS_FILE")]
     pub address_file: Option<PathBuf>,
@@ -125,6 +130,75 @@ pub struct DimseSection {
     pub max_pdu_bytes: u32,
     /// An association idle this long is closed.
     pub idle_timeout_seconds: u64,
+    /// ARTIM: a connection must complete association negotiation within this time, and an
+    /// association this archive opens (C-MOVE, Storage Commitment replies) must be accepted
+    /// within it.
+    pub artim_timeout_seconds: u64,
+    /// Known peers: C-MOVE destinations and where Storage Commitment results go.
+    pub peers: Vec<Peer>,
+}
+
+/// A DIMSE peer this archive may open associations to.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    pub ae_title: String,
+    /// `host:port`.
+    pub address: String,
+    /// Storage Commitment results go on the requesting association (`same-association`, the
+    /// default, falling back to a new one when it has closed) or always on a new association
+    /// to `address` (`new-association`).
+    #[serde(default = "same_association")]
+    pub commitment_reply: String,
+}
+
+fn same_association() -> String {
+    "same-association".into()
+}
+
+/// Parses `AE=HOST:PORT` or `AE=HOST:PORT/new-association`.
+pub fn parse_peer(text: &str) -> Result<Peer, String> {
+    let (ae_title, rest) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not a peer: expected AE=HOST:PORT"))?;
+    let (address, reply) = match rest.split_once('/') {
+        Some((address, reply)) => (address, reply.to_string()),
+        None => (rest, same_association()),
+    };
+    let peer = Peer {
+        ae_title: ae_title.trim().to_string(),
+        address: address.trim().to_string(),
+        commitment_reply: reply,
+    };
+    peer.validate()?;
+    Ok(peer)
+}
+
+impl Peer {
+    fn validate(&self) -> Result<(), String> {
+        if self.ae_title.is_empty() || self.ae_title.len() > 16 {
+            return Err(format!(
+                "peer AE title {:?} must be 1 to 16 characters",
+                self.ae_title
+            ));
+        }
+        if !self.address.contains(':') {
+            return Err(format!(
+                "peer {} address {:?} is not HOST:PORT",
+                self.ae_title, self.address
+            ));
+        }
+        if !matches!(
+            self.commitment_reply.as_str(),
+            "same-association" | "new-association"
+        ) {
+            return Err(format!(
+                "peer {} commitment_reply {:?}: expected same-association or new-association",
+                self.ae_title, self.commitment_reply
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -171,6 +245,8 @@ impl Default for DimseSection {
             associations_max: 64,
             max_pdu_bytes: 65_536,
             idle_timeout_seconds: 60,
+            artim_timeout_seconds: 30,
+            peers: Vec::new(),
         }
     }
 }
@@ -247,6 +323,9 @@ impl ConfigArgs {
         if let Some(v) = &self.dimse_calling_ae_titles {
             config.dimse.calling_ae_titles = v.clone();
         }
+        if let Some(v) = &self.dimse_peers {
+            config.dimse.peers = v.clone();
+        }
         if let Some(v) = &self.public_url {
             config.http.public_url = v.clone();
         }
@@ -303,6 +382,14 @@ impl Config {
         anyhow::ensure!(
             self.dimse.max_pdu_bytes >= 4096,
             "dimse.max_pdu_bytes must be at least 4096"
+        );
+        for peer in &self.dimse.peers {
+            peer.validate()
+                .map_err(|e| anyhow::anyhow!("dimse.peers: {e}"))?;
+        }
+        anyhow::ensure!(
+            self.dimse.artim_timeout_seconds > 0 && self.dimse.idle_timeout_seconds > 0,
+            "dimse.artim_timeout_seconds and dimse.idle_timeout_seconds must be at least 1"
         );
         anyhow::ensure!(
             !self.archive.organisation.trim().is_empty(),
@@ -369,6 +456,26 @@ mod tests {
         assert_eq!(config.http.listen.port(), 9001, "flag wins over file");
         assert_eq!(config.duplicate_policy().unwrap(), DuplicatePolicy::Replace);
         assert_eq!(config.extra_tags().unwrap(), vec![Tag::new(0x0018, 0x0050)]);
+    }
+
+    #[test]
+    fn peers_come_from_the_file_or_the_flag() {
+        let config = Config::from_toml(
+            "[[dimse.peers]]\nae_title = \"PACS\"\naddress = \"pacs.example:104\"\n\
+             commitment_reply = \"new-association\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.dimse.peers[0].ae_title, "PACS");
+        assert_eq!(config.dimse.peers[0].commitment_reply, "new-association");
+        let peer = parse_peer("SCP=127.0.0.1:11113").unwrap();
+        assert_eq!(peer.address, "127.0.0.1:11113");
+        assert_eq!(peer.commitment_reply, "same-association");
+        assert!(parse_peer("SCP").is_err());
+        assert!(parse_peer("SCP=host").is_err());
+        assert!(parse_peer("SCP=h:1/sometimes").is_err());
+        assert!(
+            Config::from_toml("[[dimse.peers]]\nae_title = \"\"\naddress = \"h:1\"\n").is_err()
+        );
     }
 
     #[test]

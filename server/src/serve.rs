@@ -63,13 +63,18 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         slots: Arc::new(tokio::sync::Semaphore::new(config.http.requests_max)),
     });
     let grace = Duration::from_secs(config.http.shutdown_grace_seconds);
-    let dimse = crate::dimse::scp::Listener::start(&config.dimse)?;
+    let dimse = crate::dimse::scp::Listener::start(crate::dimse::session::Services {
+        archive: archive.clone(),
+        config: config.dimse.clone(),
+        extra_tags: config.extra_tags()?,
+        organisation: config.archive.organisation.clone(),
+    })?;
     if let Some(path) = &config.dimse_address_file {
         std::fs::write(path, dimse.address.to_string())
             .with_context(|| format!("writing the DIMSE address file {}", path.display()))?;
     }
     let served = runtime.block_on(run_http(state.clone(), &config, grace));
-    dimse.stop();
+    dimse.stop(grace);
     // Abandon whatever is still running on the blocking pool (uploads see their body end
     // and drop their unfinished instance).
     state.slots.close();

@@ -9,6 +9,8 @@
 //! delete. Registers, purchased-service authorization and documents-first linking build on
 //! this module.
 
+pub mod search;
+
 use kuvasto_engine::dicom::metadata::InstanceMetadata;
 use kuvasto_engine::index::attrs::{tags, InstanceAttrs, Level};
 use kuvasto_engine::index::catalog::{Hits, InstanceHit, Query};

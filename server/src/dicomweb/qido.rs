@@ -2,13 +2,13 @@
 //! catalog alone (no object or metadata record is read).
 
 use super::{json, problem, State};
+use crate::archive::search::{KeyOutcome, SearchKeys};
 use axum::extract::{ConnectInfo, Path, RawQuery};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kuvasto_engine::dicom::Tag;
-use kuvasto_engine::index::attrs::{tags, InstanceAttrs, Level};
+use kuvasto_engine::index::attrs::{tags, Level};
 use kuvasto_engine::index::catalog::Query;
-use kuvasto_engine::index::matching::{MatchOptions, MatchVr, Matcher};
 use std::net::SocketAddr;
 
 type AxState = axum::extract::State<State>;
@@ -86,58 +86,47 @@ fn parse(
             "false" => Ok(false),
             other => Err(format!("fuzzymatching={other:?}: expected true or false")),
         })?;
-    let options = MatchOptions { fuzzy };
-    let mut search = Search {
-        query: Query {
-            level,
-            filters: Vec::new(),
-            offset: 0,
-            limit: None,
-        },
-        extras: false,
-        warnings: Vec::new(),
-        limit: hits_max,
-        hits_max,
-    };
-    let indexed =
-        |tag: Tag| InstanceAttrs::level_of(tag).is_some() || state.extra_tags.contains(&tag);
+    let mut keys = SearchKeys::new(level, fuzzy, &state.extra_tags);
+    let mut extras = false;
+    let mut warnings = Vec::new();
+    let mut limit = hits_max;
+    let mut offset = 0;
     for (tag, value) in fixed {
-        let matcher = Matcher::parse(MatchVr::Uid, &value, options)
-            .map_err(|e| format!("{value:?} in the path: {e}"))?;
-        search.query.filters.push((tag, matcher));
+        keys.fixed_uid(tag, &value)
+            .map_err(|e| format!("{e} in the path"))?;
     }
     for (key, value) in pairs {
         match key.as_str() {
             "fuzzymatching" => {}
             "limit" => {
-                let limit: usize = value
+                let asked: usize = value
                     .parse()
                     .map_err(|_| format!("limit={value:?} is not a number"))?;
-                if limit > hits_max {
-                    search.warnings.push(format!(
-                        "limit {limit} is above this server's maximum; at most {hits_max} results are returned"
+                if asked > hits_max {
+                    warnings.push(format!(
+                        "limit {asked} is above this server's maximum; at most {hits_max} results are returned"
                     ));
                 }
-                search.limit = limit.min(hits_max);
+                limit = asked.min(hits_max);
             }
             "offset" => {
-                search.query.offset = value
+                offset = value
                     .parse()
                     .map_err(|_| format!("offset={value:?} is not a number"))?;
             }
             "includefield" => {
                 for field in value.split(',').map(str::trim) {
                     if field == "all" {
-                        search.extras = true;
+                        extras = true;
                         continue;
                     }
                     let tag = attribute(field).ok_or_else(|| {
                         format!("includefield {field:?} is not a DICOM attribute")
                     })?;
                     if state.extra_tags.contains(&tag) {
-                        search.extras = true;
-                    } else if !indexed(tag) {
-                        search.warnings.push(format!(
+                        extras = true;
+                    } else if !keys.indexed(tag) {
+                        warnings.push(format!(
                             "includefield {field} is not indexed and was left out"
                         ));
                     }
@@ -145,7 +134,7 @@ fn parse(
             }
             name => {
                 if name.contains('.') {
-                    search.warnings.push(format!(
+                    warnings.push(format!(
                         "matching on sequence attributes ({name}) is not supported; the key was ignored"
                     ));
                     continue;
@@ -153,40 +142,22 @@ fn parse(
                 let tag = attribute(name).ok_or_else(|| {
                     format!("{name:?} is neither a query parameter nor a DICOM attribute keyword or tag")
                 })?;
-                // Modality in a study search means ModalitiesInStudy (PS3.18 10.6.1.2).
-                let tag = if tag == tags::MODALITY && level == Level::Study {
-                    tags::MODALITIES_IN_STUDY
-                } else {
-                    tag
-                };
-                let key_level = InstanceAttrs::level_of(tag).unwrap_or(Level::Instance);
-                let derived = matches!(
-                    tag,
-                    tags::NUMBER_OF_STUDY_RELATED_SERIES
-                        | tags::NUMBER_OF_STUDY_RELATED_INSTANCES
-                        | tags::NUMBER_OF_SERIES_RELATED_INSTANCES
-                );
-                if !indexed(tag) || tag == tags::TRANSFER_SYNTAX_UID || derived {
-                    search.warnings.push(format!(
-                        "{name} is not supported for matching; the key was ignored"
-                    ));
-                    continue;
+                if let KeyOutcome::Ignored(why) = keys.key(name, tag, &value)? {
+                    warnings.push(why);
                 }
-                if key_level > level {
-                    search.warnings.push(format!(
-                        "{name} is an attribute of a lower level than this search; the key was ignored"
-                    ));
-                    continue;
-                }
-                let vr = MatchVr::from_vr(json::vr_of(tag));
-                let matcher = Matcher::parse(vr, &value, options)
-                    .map_err(|e| format!("{name}={value:?}: {e}"))?;
-                search.query.filters.push((tag, matcher));
             }
         }
     }
-    search.query.limit = Some(search.limit.saturating_add(1).min(hits_max + 1));
-    Ok(search)
+    let mut query = keys.query;
+    query.offset = offset;
+    query.limit = Some(limit.saturating_add(1).min(hits_max + 1));
+    Ok(Search {
+        query,
+        extras,
+        warnings,
+        limit,
+        hits_max,
+    })
 }
 
 async fn search(

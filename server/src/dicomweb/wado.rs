@@ -269,7 +269,7 @@ pub fn metadata_json(
     if deflated(md) {
         // A deflated data set keeps no header in its metadata record (offsets into the
         // inflated stream would not address the object): answer with the indexed attributes.
-        super::json::instance_attributes(&md.attrs).write(out);
+        super::json::write(&super::json::instance_attributes(&md.attrs), out);
         return Ok(());
     }
     let Some(encoding) = Encoding::of_transfer_syntax(&md.attrs.transfer_syntax_uid, md.inflated)

@@ -1,18 +1,24 @@
 //! The DIMSE listener: associations over `dicom-ul` (sync), one thread each, at most
-//! `associations_max` at once, calling AE titles checked against the configured list. Today it
-//! answers C-ECHO (Verification); the storage and query services follow (issue 5).
+//! `associations_max` at once, calling AE titles checked against the configured list, and
+//! each accepted association served by a [`Session`].
+//!
+//! Limits: association negotiation must finish within `artim_timeout_seconds`; an
+//! association idle for `idle_timeout_seconds` is closed (an instance half received is then
+//! dropped, never committed); PDUs over `max_pdu_bytes` get an A-ABORT. On stop, associations
+//! get `grace` to finish, then their sockets are shut down.
 
-use super::command::{field, status, Command};
-use crate::config::DimseSection;
+use super::session::{Services, Session};
+use crate::archive::Caller;
 use anyhow::Context;
-use dicom_ul::association::server::{AccessControl, DefaultNegotiation};
+use dicom_ul::association::server::{AccessControl, Negotiation};
 use dicom_ul::association::Association;
-use dicom_ul::pdu::{AssociationRJServiceUserReason, PDataValue, PDataValueType, Pdu};
+use dicom_ul::pdu::{AssociationRJServiceUserReason, RequestorRoles};
 use dicom_ul::ServerAssociationOptions;
+use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// The Verification SOP class.
 pub const VERIFICATION: &str = "1.2.840.10008.1.1";
@@ -37,59 +43,85 @@ impl AccessControl for CallingAeTitles {
     }
 }
 
+/// Accepts the roles a requester proposes: a C-GET requester takes the SCP role for the
+/// storage classes it wants to receive.
+#[derive(Debug, Clone, Copy)]
+struct AcceptProposedRoles;
+
+impl Negotiation for AcceptProposedRoles {
+    fn negotiate_roles(
+        &self,
+        _sop_class_uid: &str,
+        scu_role: bool,
+        scp_role: bool,
+    ) -> Option<RequestorRoles> {
+        Some(RequestorRoles {
+            scu: scu_role,
+            scp: scp_role,
+        })
+    }
+}
+
+type Options = ServerAssociationOptions<'static, CallingAeTitles, AcceptProposedRoles>;
+
+/// Sockets of the associations being served, to shut down at stop.
+#[derive(Default)]
+struct Active {
+    next_id: AtomicU64,
+    sockets: Mutex<HashMap<u64, TcpStream>>,
+}
+
+impl Active {
+    fn count(&self) -> usize {
+        self.sockets.lock().map(|s| s.len()).unwrap_or(0)
+    }
+}
+
 /// A running listener; [`Listener::stop`] ends it.
 pub struct Listener {
     pub address: SocketAddr,
     stop: Arc<AtomicBool>,
+    active: Arc<Active>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Listener {
     /// Binds and starts accepting associations.
-    pub fn start(config: &DimseSection) -> anyhow::Result<Listener> {
+    pub fn start(services: Services) -> anyhow::Result<Listener> {
+        let config = services.config.clone();
         let listener = TcpListener::bind(config.listen)
             .with_context(|| format!("binding DIMSE to {}", config.listen))?;
         let address = listener.local_addr()?;
         // Polled, so that stop() is noticed within a tick.
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let active = Arc::new(AtomicUsize::new(0));
-        let options = ServerAssociationOptions::new()
+        let active = Arc::new(Active::default());
+        // Every abstract syntax is accepted at negotiation (dicom-ul cannot list the standard's
+        // storage classes); each service refuses what it does not serve with a status
+        // (0122 for a storage class the archive does not keep). Transfer syntaxes: the first
+        // one proposed that the transfer syntax registry knows.
+        let options: Options = ServerAssociationOptions::new()
             .ae_access_control(CallingAeTitles(config.calling_ae_titles.clone()))
+            .with_negotiation(AcceptProposedRoles)
             .ae_title(config.ae_title.clone())
-            .with_abstract_syntax(VERIFICATION)
+            .promiscuous(true)
             .max_pdu_length(config.max_pdu_bytes)
-            .read_timeout(Duration::from_secs(config.idle_timeout_seconds))
-            .write_timeout(Duration::from_secs(config.idle_timeout_seconds));
-        let associations_max = config.associations_max;
+            // ARTIM: the whole negotiation within this time (the idle timeout follows).
+            .read_timeout(Duration::from_secs(config.artim_timeout_seconds))
+            .write_timeout(Duration::from_secs(config.artim_timeout_seconds));
+        let services = Arc::new(services);
         let stopping = stop.clone();
+        let registry = active.clone();
         let thread = std::thread::Builder::new()
             .name("kuvasto-dimse".into())
             .spawn(move || {
                 while !stopping.load(Ordering::Relaxed) {
                     match listener.accept() {
                         Ok((stream, peer)) => {
-                            if active.load(Ordering::Relaxed) >= associations_max {
-                                tracing::warn!(%peer, associations_max, "DIMSE association refused: too many at once");
-                                continue; // dropping the stream closes it
-                            }
-                            active.fetch_add(1, Ordering::Relaxed);
-                            let options = options.clone();
-                            let active = active.clone();
-                            let spawned = std::thread::Builder::new()
-                                .name("kuvasto-assoc".into())
-                                .spawn(move || {
-                                    if let Err(e) = serve_association(&options, stream, peer) {
-                                        tracing::warn!(%peer, error = %e, "DIMSE association ended with an error");
-                                    }
-                                    active.fetch_sub(1, Ordering::Relaxed);
-                                });
-                            if spawned.is_err() {
-                                tracing::error!(%peer, "cannot start an association thread");
-                            }
+                            accept(&options, &services, &registry, stream, peer);
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(50));
+                            std::thread::sleep(Duration::from_millis(20));
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "DIMSE accept failed");
@@ -102,81 +134,100 @@ impl Listener {
         Ok(Listener {
             address,
             stop,
+            active,
             thread: Some(thread),
         })
     }
 
-    /// Stops accepting (associations in progress end on their own or at their idle timeout).
-    pub fn stop(mut self) {
+    /// Stops accepting, gives the associations being served `grace` to end, then shuts their
+    /// sockets down (an instance half received is dropped, never committed).
+    pub fn stop(mut self, grace: Duration) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
+        }
+        let deadline = Instant::now() + grace;
+        while self.active.count() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Ok(sockets) = self.active.sockets.lock() {
+            for socket in sockets.values() {
+                let _ = socket.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        // The threads notice the shut sockets at once.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.active.count() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn accept(
+    options: &Options,
+    services: &Arc<Services>,
+    active: &Arc<Active>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let associations_max = services.config.associations_max;
+    if active.count() >= associations_max {
+        tracing::warn!(%peer, associations_max, "DIMSE association refused: too many at once");
+        return; // dropping the stream closes it
+    }
+    let Ok(registered) = stream.try_clone() else {
+        return;
+    };
+    let id = active.next_id.fetch_add(1, Ordering::Relaxed);
+    if let Ok(mut sockets) = active.sockets.lock() {
+        sockets.insert(id, registered);
+    }
+    let options = options.clone();
+    let services = services.clone();
+    let registry = active.clone();
+    let spawned = std::thread::Builder::new()
+        .name("kuvasto-assoc".into())
+        .spawn(move || {
+            if let Err(e) = serve_association(&options, &services, stream, peer) {
+                tracing::warn!(%peer, error = %e, "DIMSE association ended with an error");
+            }
+            if let Ok(mut sockets) = registry.sockets.lock() {
+                sockets.remove(&id);
+            }
+        });
+    if spawned.is_err() {
+        tracing::error!(%peer, "cannot start an association thread");
+        if let Ok(mut sockets) = active.sockets.lock() {
+            sockets.remove(&id);
         }
     }
 }
 
 fn serve_association(
-    options: &ServerAssociationOptions<'static, CallingAeTitles, DefaultNegotiation>,
+    options: &Options,
+    services: &Services,
     stream: TcpStream,
     peer: SocketAddr,
 ) -> anyhow::Result<()> {
+    let config = &services.config;
     stream.set_nonblocking(false)?;
     stream.set_nodelay(true)?;
     let mut association = options.establish(stream)?;
-    tracing::info!(%peer, calling = association.peer_ae_title(), "DIMSE association accepted");
-    let mut command = Vec::new();
-    loop {
-        match association.receive()? {
-            Pdu::PData { data } => {
-                for pdv in data {
-                    if pdv.value_type != PDataValueType::Command {
-                        continue; // no service here takes a data set yet
-                    }
-                    command.extend_from_slice(&pdv.data);
-                    if command.len() > super::command::COMMAND_BYTES_MAX {
-                        association.abort()?;
-                        anyhow::bail!(
-                            "command set over {} bytes",
-                            super::command::COMMAND_BYTES_MAX
-                        );
-                    }
-                    if !pdv.is_last {
-                        continue;
-                    }
-                    let request = match Command::decode(&command) {
-                        Ok(request) => request,
-                        Err(e) => {
-                            association.abort()?;
-                            anyhow::bail!("unreadable command set: {e}");
-                        }
-                    };
-                    command.clear();
-                    let response = match request.field {
-                        field::C_ECHO_RQ => Command::response_to(&request, status::SUCCESS),
-                        _ => Command::response_to(&request, status::UNRECOGNIZED_OPERATION),
-                    };
-                    association.send(&Pdu::PData {
-                        data: vec![PDataValue {
-                            presentation_context_id: pdv.presentation_context_id,
-                            value_type: PDataValueType::Command,
-                            is_last: true,
-                            data: response.encode(),
-                        }],
-                    })?;
-                }
-            }
-            Pdu::ReleaseRQ => {
-                association.send(&Pdu::ReleaseRP)?;
-                return Ok(());
-            }
-            Pdu::AbortRQ { source } => {
-                tracing::info!(%peer, ?source, "DIMSE association aborted by the peer");
-                return Ok(());
-            }
-            other => {
-                association.abort()?;
-                anyhow::bail!("unexpected PDU {:?}", std::mem::discriminant(&other));
-            }
-        }
-    }
+    let idle = Duration::from_secs(config.idle_timeout_seconds);
+    association.inner_stream().set_read_timeout(Some(idle))?;
+    association.inner_stream().set_write_timeout(Some(idle))?;
+    let peer_ae_title = association.peer_ae_title().trim().to_string();
+    tracing::info!(%peer, calling = %peer_ae_title, contexts = association.presentation_contexts().len(), "DIMSE association accepted");
+    let session = Session {
+        link: super::link::Link::new(association),
+        services,
+        caller: Caller {
+            organisation: services.organisation.clone(),
+            protocol: "dimse",
+            peer: format!("{peer_ae_title}@{peer}"),
+        },
+        peer_ae_title,
+        peer_address: peer,
+    };
+    session.run()
 }

@@ -57,13 +57,19 @@ pub mod status {
     pub const UNRECOGNIZED_OPERATION: u16 = 0x0211;
     pub const MISTYPED_ARGUMENT: u16 = 0x0212;
     pub const PROCESSING_FAILURE: u16 = 0x0110;
+    pub const NO_SUCH_SOP_CLASS: u16 = 0x0118;
+    pub const MISSING_ATTRIBUTE: u16 = 0x0120;
+    pub const INVALID_ARGUMENT_VALUE: u16 = 0x0115;
+    pub const NO_SUCH_ACTION_TYPE: u16 = 0x0123;
+    /// C-MOVE/C-GET: refused, out of resources — unable to perform sub-operations.
+    pub const OUT_OF_RESOURCES_SUB_OPERATIONS: u16 = 0xA702;
     /// C-FIND/C-MOVE/C-GET: identifier does not match SOP class.
     pub const IDENTIFIER_DOES_NOT_MATCH: u16 = 0xA900;
     /// C-FIND/C-MOVE/C-GET: unable to process.
     pub const UNABLE_TO_PROCESS: u16 = 0xC000;
     /// C-MOVE: move destination unknown.
     pub const MOVE_DESTINATION_UNKNOWN: u16 = 0xA801;
-    /// C-MOVE/C-GET: one or more sub-operations failed.
+    /// C-MOVE/C-GET: warning, sub-operations complete with one or more failures or warnings.
     pub const SUB_OPERATIONS_FAILED: u16 = 0xB000;
 }
 

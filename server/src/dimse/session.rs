@@ -1,0 +1,125 @@
+//! One accepted association: reads commands one at a time and hands each to its service.
+//! Operations are synchronous (no asynchronous operations window is negotiated), so a message
+//! is answered completely before the next is read; a C-CANCEL is looked for while a C-FIND,
+//! C-GET or C-MOVE is answering.
+
+use super::link::{Incoming, Link, LinkError};
+use super::{commitment, find, retrieve, store};
+use crate::archive::{Archive, Caller};
+use crate::config::DimseSection;
+use dicom_ul::association::server::ServerAssociation;
+use dicom_ul::pdu::{AbortRQServiceProviderReason, AbortRQSource, Pdu};
+use kuvasto_dimse::command::{field, status, Command};
+use kuvasto_engine::dicom::Tag;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+
+/// What every association of a listener shares.
+pub struct Services {
+    pub archive: Arc<Archive>,
+    pub config: DimseSection,
+    pub extra_tags: Vec<Tag>,
+    pub organisation: String,
+}
+
+pub struct Session<'s> {
+    pub link: Link<ServerAssociation<TcpStream>>,
+    pub services: &'s Services,
+    pub caller: Caller,
+    /// The calling AE title.
+    pub peer_ae_title: String,
+    pub peer_address: SocketAddr,
+}
+
+impl Session<'_> {
+    /// Serves commands until the peer releases or aborts, or breaks the protocol (then the
+    /// association is aborted).
+    pub fn run(mut self) -> anyhow::Result<()> {
+        loop {
+            let incoming = self.link.next_command();
+            let result = match incoming {
+                Ok(Incoming::Released) => {
+                    self.link.wire.send(&Pdu::ReleaseRP)?;
+                    return Ok(());
+                }
+                Ok(Incoming::Aborted) => {
+                    tracing::info!(peer = %self.caller.peer, "DIMSE association aborted by the peer");
+                    return Ok(());
+                }
+                Ok(Incoming::Command { context, command }) => self.dispatch(context, *command),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => {}
+                Err(LinkError::Aborted) => {
+                    tracing::info!(peer = %self.caller.peer, "DIMSE association aborted by the peer");
+                    return Ok(());
+                }
+                Err(LinkError::Closed) => return Ok(()),
+                Err(LinkError::Released) => {
+                    // A release in the middle of a message is a protocol error.
+                    self.abort(AbortRQServiceProviderReason::UnexpectedPdu);
+                    anyhow::bail!("the peer released the association in the middle of a message");
+                }
+                Err(LinkError::Protocol(message)) => {
+                    self.abort(AbortRQServiceProviderReason::UnexpectedPdu);
+                    anyhow::bail!("aborted: {message}");
+                }
+                Err(LinkError::Association(e)) => {
+                    // Unreadable PDUs (wrong lengths, over the maximum) get an abort; a
+                    // vanished or silent peer just ends.
+                    self.abort(AbortRQServiceProviderReason::InvalidPduParameter);
+                    anyhow::bail!("aborted: {e}");
+                }
+                Err(LinkError::Io(e)) => anyhow::bail!("socket: {e}"),
+            }
+        }
+    }
+
+    fn abort(&mut self, reason: AbortRQServiceProviderReason) {
+        let _ = self.link.wire.send(&Pdu::AbortRQ {
+            source: AbortRQSource::ServiceProvider(reason),
+        });
+        let _ = self
+            .link
+            .wire
+            .inner_stream()
+            .shutdown(std::net::Shutdown::Both);
+    }
+
+    fn dispatch(&mut self, context: u8, command: Command) -> Result<(), LinkError> {
+        match command.field {
+            field::C_ECHO_RQ => {
+                if command.has_data_set() {
+                    store::drain(&mut self.link, context)?;
+                }
+                let response = Command::response_to(&command, status::SUCCESS);
+                self.link.send_command(context, &response)
+            }
+            field::C_STORE_RQ => store::c_store(self, context, command),
+            field::C_FIND_RQ => find::c_find(self, context, command),
+            field::C_GET_RQ => retrieve::c_get(self, context, command),
+            field::C_MOVE_RQ => retrieve::c_move(self, context, command),
+            field::N_ACTION_RQ => commitment::n_action(self, context, command),
+            // A cancel for an operation already answered: nothing to do (PS3.7 9.3.2.3).
+            field::C_CANCEL_RQ => Ok(()),
+            other => {
+                if command.has_data_set() {
+                    store::drain(&mut self.link, context)?;
+                }
+                tracing::info!(peer = %self.caller.peer, field = format!("{other:04X}"), "DIMSE command not supported");
+                let mut response = Command::response_to(&command, status::UNRECOGNIZED_OPERATION);
+                response.error_comment = Some(format!("command field {other:04X} is not served"));
+                self.link.send_command(context, &response)
+            }
+        }
+    }
+
+    /// The abstract syntax of an accepted context.
+    pub fn abstract_syntax(&self, context: u8) -> &str {
+        self.link
+            .context(context)
+            .map(|c| c.abstract_syntax.as_str())
+            .unwrap_or_default()
+    }
+}

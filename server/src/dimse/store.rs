@@ -1,0 +1,123 @@
+//! C-STORE SCP (PS3.4 Annex B): each data set fragment goes to the engine as it arrives (no
+//! buffer of the whole instance), behind a file meta group built from the command and the
+//! presentation context, so the archive keeps a Part 10 object exactly as received. The
+//! response is sent once the engine has the instance durable, or with the failure's status.
+
+use super::link::{Link, LinkError};
+use super::session::Session;
+use crate::archive::{Failure, FailureReason};
+use dicom_ul::association::server::ServerAssociation;
+use kuvasto_dimse::command::{status, Command};
+use kuvasto_engine::dicom::meta::encode_file_meta;
+use std::net::TcpStream;
+
+/// ErrorComment (LO) holds at most 64 characters.
+pub fn error_comment(message: &str) -> String {
+    let mut out: String = message
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(64)
+        .collect();
+    out.truncate(out.trim_end().len());
+    out
+}
+
+/// Reads and drops the rest of a data set (after a refusal), so the association stays usable.
+pub fn drain(link: &mut Link<ServerAssociation<TcpStream>>, context: u8) -> Result<(), LinkError> {
+    loop {
+        let (_, last) = link.next_data(context)?;
+        if last {
+            return Ok(());
+        }
+    }
+}
+
+pub fn c_store(session: &mut Session, context: u8, request: Command) -> Result<(), LinkError> {
+    let respond = |session: &mut Session, code: u16, comment: Option<String>| {
+        let mut response = Command::response_to(&request, code);
+        response.error_comment = comment;
+        session.link.send_command(context, &response)
+    };
+    if !request.has_data_set() {
+        return respond(
+            session,
+            status::MISTYPED_ARGUMENT,
+            Some("C-STORE-RQ without a data set".into()),
+        );
+    }
+    let (Some(sop_class), Some(sop_instance)) = (
+        request.affected_sop_class_uid.clone(),
+        request.affected_sop_instance_uid.clone(),
+    ) else {
+        drain(&mut session.link, context)?;
+        return respond(
+            session,
+            status::MISSING_ATTRIBUTE,
+            Some("C-STORE-RQ without Affected SOP Class/Instance UID".into()),
+        );
+    };
+    let pc = session
+        .link
+        .context(context)
+        .cloned()
+        .ok_or_else(|| LinkError::Protocol("no such presentation context".into()))?;
+    if pc.abstract_syntax != sop_class {
+        drain(&mut session.link, context)?;
+        return respond(
+            session,
+            FailureReason::DataSetMismatch.code(),
+            Some(error_comment(&format!(
+                "SOP class {sop_class} sent on a context for {}",
+                pc.abstract_syntax
+            ))),
+        );
+    }
+    let archive = session.services.archive.clone();
+    let caller = session.caller.clone();
+    let mut upload = archive.begin_store(&caller, None);
+    let mut failure: Option<Failure> = upload
+        .write(&encode_file_meta(
+            &sop_class,
+            &sop_instance,
+            &pc.transfer_syntax,
+        ))
+        .err();
+    loop {
+        // A stalled or vanished peer ends here with an error: `upload` is dropped and nothing
+        // of this instance is committed.
+        let (data, last) = session.link.next_data(context)?;
+        if failure.is_none() {
+            failure = upload.write(&data).err();
+        }
+        if last {
+            break;
+        }
+    }
+    let outcome = match failure {
+        Some(failure) => Err(failure),
+        None => upload.finish(),
+    };
+    match outcome {
+        Ok(_) => respond(session, status::SUCCESS, None),
+        Err(failure) => {
+            tracing::info!(
+                peer = %session.caller.peer,
+                sop_instance = %sop_instance,
+                reason = format!("{:04X}", failure.reason.code()),
+                message = %failure.message,
+                "C-STORE refused"
+            );
+            respond(
+                session,
+                failure.reason.code(),
+                Some(error_comment(&failure.message)),
+            )
+        }
+    }
+}
