@@ -29,11 +29,11 @@ if ! command -v curl >/dev/null 2>&1 || [ ! -x /usr/bin/echoscu ]; then
     apt-get update -qq && apt-get install -y -qq curl dcmtk
 fi
 
-step "python test dependencies (.venv: pydicom and its sample files, dicomweb-client)"
+step "python test dependencies (.venv: pydicom and its sample files, dicomweb-client, pynetdicom)"
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/pip install --quiet --disable-pip-version-check "pydicom>=3,<4" "dicomweb-client>=0.59,<1"
+.venv/bin/pip install --quiet --disable-pip-version-check "pydicom>=3,<4" "dicomweb-client>=0.59,<1" "pynetdicom>=3,<4"
 export KUVASTO_REQUIRE_SAMPLES=1
 
 step "tests: unit, property, fault injection, kill -9, DICOM differential"

@@ -9,8 +9,9 @@
 //! at most [`DATA_SET_BYTES_MAX`] bytes, every declared length checked against the bytes left
 //! in its container, sequences nested at most [`DEPTH_MAX`] deep and at most [`ELEMENTS_MAX`]
 //! elements and items in the whole tree. Decoding never panics, and holds at most the input
-//! size times a small constant (each value is copied once; the tree adds a few dozen bytes per
-//! element or item, and there are at most [`ELEMENTS_MAX`] of those).
+//! size times a small constant: each value is copied once, and the tree adds a few dozen bytes
+//! (twice that while its vectors grow) for each element or item, which takes at least 8 bytes
+//! of input.
 //!
 //! What decoding accepts and how it stores it:
 //!
@@ -48,7 +49,9 @@
 //! has a 2-byte length field is written with VR UN (see above; the setters are meant for short
 //! values, and decoding gives such a value back with the dictionary's VR, or UN for a tag the
 //! dictionary does not know). Decoding the encoding of a decoded data set in the same encoding
-//! gives the same tree.
+//! gives the same tree (unless the encoding grew past [`DATA_SET_BYTES_MAX`]: an Explicit VR UN
+//! value of undefined length, Implicit VR inside, is written as an Explicit VR sequence, with 4
+//! more bytes for each element of a VR with a 4-byte length).
 
 use std::fmt;
 use std::sync::Arc;
@@ -240,6 +243,7 @@ impl DataSet {
         &self.charsets
     }
 
+    /// The element `tag`, if present.
     pub fn get(&self, tag: Tag) -> Option<&Element> {
         self.elements
             .binary_search_by_key(&tag, |e| e.tag)
@@ -247,6 +251,7 @@ impl DataSet {
             .and_then(|index| self.elements.get(index))
     }
 
+    /// Whether the element `tag` is present.
     pub fn contains(&self, tag: Tag) -> bool {
         self.get(tag).is_some()
     }

@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
-const XA: &str = "1.2.840.10008.5.1.4.1.1.12.1";
-const ECG: &str = "1.2.840.10008.5.1.4.1.1.9.1.1";
-const PDF: &str = "1.2.840.10008.5.1.4.1.1.104.1";
-const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
+pub(crate) const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
+pub(crate) const XA: &str = "1.2.840.10008.5.1.4.1.1.12.1";
+pub(crate) const ECG: &str = "1.2.840.10008.5.1.4.1.1.9.1.1";
+pub(crate) const PDF: &str = "1.2.840.10008.5.1.4.1.1.104.1";
+pub(crate) const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
 
 /// A running server on a fresh data directory; stopped with SIGTERM when dropped.
 pub struct Server {
@@ -98,7 +98,7 @@ impl Drop for Server {
     }
 }
 
-fn text(s: &str) -> Vec<u8> {
+pub(crate) fn text(s: &str) -> Vec<u8> {
     let mut v = s.as_bytes().to_vec();
     if v.len() % 2 == 1 {
         v.push(b' ');
@@ -106,7 +106,7 @@ fn text(s: &str) -> Vec<u8> {
     v
 }
 
-fn ui(s: &str) -> Vec<u8> {
+pub(crate) fn ui(s: &str) -> Vec<u8> {
     let mut v = s.as_bytes().to_vec();
     if v.len() % 2 == 1 {
         v.push(0);
@@ -114,12 +114,12 @@ fn ui(s: &str) -> Vec<u8> {
     v
 }
 
-fn us(n: u16) -> Vec<u8> {
+pub(crate) fn us(n: u16) -> Vec<u8> {
     n.to_le_bytes().to_vec()
 }
 
 /// Patient, study, series and instance attributes every generated object has.
-fn common(class: &str, sop: &str, study: &str, series: &str, modality: &str) -> Vec<u8> {
+pub(crate) fn common(class: &str, sop: &str, study: &str, series: &str, modality: &str) -> Vec<u8> {
     [
         el(Tag::new(0x0008, 0x0005), b"CS", b"ISO_IR 100"),
         el(Tag::new(0x0008, 0x0016), b"UI", &ui(class)),
@@ -127,7 +127,7 @@ fn common(class: &str, sop: &str, study: &str, series: &str, modality: &str) -> 
         el(Tag::new(0x0008, 0x0020), b"DA", b"20261125"),
         el(Tag::new(0x0008, 0x0050), b"SH", &text("ACC-1")),
         el(Tag::new(0x0008, 0x0060), b"CS", &text(modality)),
-        el(Tag::new(0x0010, 0x0010), b"PN", b"Virtanen^Aino"),
+        el(Tag::new(0x0010, 0x0010), b"PN", &text("Virtanen^Aino")),
         el(Tag::new(0x0010, 0x0020), b"LO", &text("FI-010203-123A")),
         el(Tag::new(0x0020, 0x000D), b"UI", &ui(study)),
         el(Tag::new(0x0020, 0x000E), b"UI", &ui(series)),
@@ -137,7 +137,7 @@ fn common(class: &str, sop: &str, study: &str, series: &str, modality: &str) -> 
     .concat()
 }
 
-fn part10(class: &str, sop: &str, data_set: Vec<u8>) -> Vec<u8> {
+pub(crate) fn part10(class: &str, sop: &str, data_set: Vec<u8>) -> Vec<u8> {
     [encode_file_meta(class, sop, EXPLICIT_LE), data_set].concat()
 }
 
@@ -165,7 +165,14 @@ fn image_head(class: &str, sop: &str, study: &str, rows: u16, cols: u16, frames:
     part10(class, sop, data_set)
 }
 
-fn image(class: &str, sop: &str, study: &str, rows: u16, cols: u16, frames: u32) -> Vec<u8> {
+pub(crate) fn image(
+    class: &str,
+    sop: &str,
+    study: &str,
+    rows: u16,
+    cols: u16,
+    frames: u32,
+) -> Vec<u8> {
     let pixels_len = rows as usize * cols as usize * frames as usize;
     let mut out = image_head(class, sop, study, rows, cols, frames);
     out.extend((0..pixels_len).map(|i| (i * 7 % 251) as u8));
@@ -205,7 +212,7 @@ fn sequence_defined(tag: Tag, items: &[Vec<u8>]) -> Vec<u8> {
     out
 }
 
-fn ecg(sop: &str, study: &str) -> Vec<u8> {
+pub(crate) fn ecg(sop: &str, study: &str) -> Vec<u8> {
     let samples: Vec<u8> = (0..12 * 5000u32)
         .flat_map(|i| ((i % 400) as i16 - 200).to_le_bytes())
         .collect();
@@ -227,7 +234,7 @@ fn ecg(sop: &str, study: &str) -> Vec<u8> {
     part10(ECG, sop, data_set)
 }
 
-fn pdf(sop: &str, study: &str) -> Vec<u8> {
+pub(crate) fn pdf(sop: &str, study: &str) -> Vec<u8> {
     let mut document = b"%PDF-1.4\n% Kuvasto test document\n".to_vec();
     document.extend(std::iter::repeat_n(b'x', 70_000));
     document.extend_from_slice(b"\n%%EOF\n");
@@ -258,7 +265,7 @@ fn pdf(sop: &str, study: &str) -> Vec<u8> {
 }
 
 /// The generated objects: (file name, bytes).
-fn generated() -> Vec<(String, Vec<u8>)> {
+pub(crate) fn generated() -> Vec<(String, Vec<u8>)> {
     let study = "2.25.4711";
     vec![
         (
@@ -276,7 +283,7 @@ fn generated() -> Vec<(String, Vec<u8>)> {
 
 /// pydicom's sample files, if the test environment has them (`scripts/test.sh` installs
 /// them into `.venv`).
-fn pydicom_samples() -> Vec<PathBuf> {
+pub(crate) fn pydicom_samples() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/lib");
     let mut out = Vec::new();
     if let Ok(pythons) = std::fs::read_dir(&root) {
@@ -299,7 +306,7 @@ fn pydicom_samples() -> Vec<PathBuf> {
     out
 }
 
-fn python() -> Option<PathBuf> {
+pub(crate) fn python() -> Option<PathBuf> {
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
     let ok = venv.exists()
         && Command::new(&venv)
@@ -326,15 +333,15 @@ fn multipart(parts: &[&[u8]], boundary: &str) -> Vec<u8> {
     body
 }
 
-struct Reply {
-    status: u16,
-    content_type: String,
-    body: Vec<u8>,
+pub(crate) struct Reply {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Vec<u8>,
 }
 
 /// Runs curl; the body is streamed from a file (`-T`), as a client uploading large studies
 /// would.
-fn curl(args: &[&str], body: Option<&[u8]>) -> Reply {
+pub(crate) fn curl(args: &[&str], body: Option<&[u8]>) -> Reply {
     let dir = tempfile::tempdir().expect("tempdir");
     let head = dir.path().join("head");
     let out = dir.path().join("out");
@@ -443,7 +450,7 @@ fn failure_reasons(reply: &Reply) -> Vec<u64> {
 }
 
 /// The SOP Instance UIDs a QIDO-RS search over all instances lists.
-fn listed_sops(server: &Server) -> Vec<String> {
+pub(crate) fn listed_sops(server: &Server) -> Vec<String> {
     let all = curl(&[&server.url("/instances")], None);
     assert_eq!(all.status, 200);
     let all: serde_json::Value = serde_json::from_slice(&all.body).expect("JSON search result");
