@@ -350,7 +350,7 @@ fn derive_from_object(config: &InstanceConfig, object: &Object) -> Result<Instan
     let mut reader = Reader::new(config);
     object.visit_range(0..object.len(), &mut |piece| reader.feed(piece))?;
     let read = reader.finish(object.len())?;
-    build_metadata(config, object, read, object.seq)
+    build_metadata(config, ObjectSource::Ready(object), read, object.seq)
 }
 
 /// The extraction side of a put: header, frames, and the checks that refuse an instance.
@@ -623,11 +623,55 @@ fn geometry(e: &Extracted, attrs: &InstanceAttrs) -> Option<ImageGeometry> {
     })
 }
 
-/// Builds the metadata record of a committed object: the header is read back from the stored
-/// bytes, bulk values left out.
+/// A committed object for [`build_metadata`]: at hand, or opened only if the header needs bytes
+/// the put did not keep (opening reads the record headers back from the segment, which the
+/// common case, a header within the kept prefix, never needs).
+enum ObjectSource<'a> {
+    Ready(&'a Object),
+    Lazy {
+        store: &'a Store,
+        key: &'a [u8],
+        len: u64,
+        opened: Option<Object>,
+    },
+}
+
+impl ObjectSource<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            ObjectSource::Ready(object) => object.len(),
+            ObjectSource::Lazy { len, .. } => *len,
+        }
+    }
+
+    fn object(&mut self) -> Result<&Object> {
+        match self {
+            ObjectSource::Ready(object) => Ok(object),
+            ObjectSource::Lazy {
+                store, key, opened, ..
+            } => {
+                if opened.is_none() {
+                    let object = store.get(Namespace::OBJECT, key)?.ok_or_else(|| {
+                        Error::InvalidArgument(format!(
+                            "instance {} vanished right after its commit (deleted concurrently)",
+                            String::from_utf8_lossy(key)
+                        ))
+                    })?;
+                    *opened = Some(object);
+                }
+                opened
+                    .as_ref()
+                    .ok_or_else(|| Error::InvalidArgument("object not opened".into()))
+            }
+        }
+    }
+}
+
+/// Builds the metadata record of a committed object: the header comes from the bytes kept as
+/// they arrived (or is read back from the stored bytes), bulk values left out.
 fn build_metadata(
     config: &InstanceConfig,
-    object: &Object,
+    mut object: ObjectSource<'_>,
     read: Read,
     object_seq: u64,
 ) -> Result<InstanceMetadata> {
@@ -646,6 +690,7 @@ fn build_metadata(
         let end = pixel
             .map_or(object.len(), |p| p.element_offset)
             .min(object.len());
+        let object = &mut object;
         let mut cursor = data_set_offset.min(end);
         for b in &extracted.data_set.bulk {
             if b.value_offset + u64::from(b.length) > end || b.element_offset < cursor {
@@ -701,7 +746,7 @@ fn build_metadata(
 /// Appends the object's bytes of `range`, from `prefix` (the object's first bytes, as they
 /// arrived) when it holds them.
 fn read_into(
-    object: &Object,
+    object: &mut ObjectSource<'_>,
     prefix: &[u8],
     range: std::ops::Range<u64>,
     out: &mut Vec<u8>,
@@ -722,7 +767,7 @@ fn read_into(
         out.extend_from_slice(held);
         return Ok(());
     }
-    object.visit_range(range, &mut |piece| {
+    object.object()?.visit_range(range, &mut |piece| {
         out.extend_from_slice(piece);
         Ok(())
     })
@@ -937,12 +982,13 @@ impl<'s> InstancePut<'s> {
             outcome = PutOutcome::Replaced;
         }
         let committed = stream.finish()?;
-        let Some(object) = self.store.get(Namespace::OBJECT, key.as_bytes())? else {
-            return Err(Error::InvalidArgument(format!(
-                "instance {key} vanished right after its commit (deleted concurrently)"
-            )));
+        let object = ObjectSource::Lazy {
+            store: self.store,
+            key: key.as_bytes(),
+            len: committed.len,
+            opened: None,
         };
-        describe(self.store, &object, read, committed, outcome).map(Ok)
+        describe(self.store, object, read, committed, outcome).map(Ok)
     }
 }
 
@@ -964,14 +1010,20 @@ fn identical(store: &Store, existing: Object, read: Read) -> Result<InstanceStor
             bulk_values: metadata.bulk.len(),
             outcome: PutOutcome::Identical,
         }),
-        None => describe(store, &existing, read, committed, PutOutcome::Identical),
+        None => describe(
+            store,
+            ObjectSource::Ready(&existing),
+            read,
+            committed,
+            PutOutcome::Identical,
+        ),
     }
 }
 
 /// Writes the metadata record of the committed `object` and indexes it.
 fn describe(
     store: &Store,
-    object: &Object,
+    object: ObjectSource<'_>,
     read: Read,
     committed: Committed,
     outcome: PutOutcome,

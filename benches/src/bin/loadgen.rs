@@ -8,6 +8,7 @@
 //! target/release/loadgen --address-file /tmp/lg-addr --duration-seconds 5 qido
 //! target/release/loadgen --address-file /tmp/lg-addr --duration-seconds 5 --json wado
 //! target/release/loadgen --address-file /tmp/lg-addr mixed --stow-percent 10 --qido-percent 60
+//! target/release/loadgen write-files --dir /tmp/ct --count 1000 --size-bytes 524288
 //! ```
 //!
 //! Each client is a thread with one keep-alive HTTP/1.1 connection (`TCP_NODELAY`), written and
@@ -122,6 +123,41 @@ enum Mode {
     /// STOW, QIDO and WADO requests mixed by percentages; keys from an initial listing and
     /// from what this run stores.
     Mixed(MixedArgs),
+    /// Write generated instances as Part 10 files (for DIMSE senders such as dcmtk's
+    /// storescu) instead of sending anything.
+    WriteFiles(WriteFilesArgs),
+}
+
+#[derive(Args, Debug)]
+struct WriteFilesArgs {
+    #[command(flatten)]
+    generated: GenArgs,
+    /// Directory to write `NNNNNN.dcm` files into (created).
+    #[arg(long)]
+    dir: PathBuf,
+    /// How many files.
+    #[arg(long)]
+    count: u64,
+}
+
+/// Writes `args.count` generated instances under `args.dir`.
+fn write_files(args: &WriteFilesArgs, rng: &mut Rng) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.dir)?;
+    let generator = Generator::new(&args.generated, rng);
+    let mut bytes = Vec::new();
+    for n in 0..args.count {
+        bytes.clear();
+        generator.next(rng, &mut bytes);
+        bytes.extend_from_slice(&generator.pixels);
+        std::fs::write(args.dir.join(format!("{n:06}.dcm")), &bytes)?;
+    }
+    println!(
+        "wrote {} files of {} bytes to {}",
+        args.count,
+        bytes.len(),
+        args.dir.display()
+    );
+    Ok(())
 }
 
 #[derive(Args, Debug, Clone)]
@@ -1408,9 +1444,12 @@ fn ms(ns: u64) -> f64 {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     anyhow::ensure!(cli.clients > 0, "--clients must be at least 1");
-    let (addr, host, base) = resolve(&cli)?;
     let seed = cli.seed.unwrap_or_else(random_seed);
     let mut rng = Rng(seed);
+    if let Mode::WriteFiles(args) = &cli.mode {
+        return write_files(args, &mut rng);
+    }
+    let (addr, host, base) = resolve(&cli)?;
     let duration = match (cli.duration_seconds, cli.requests) {
         (Some(s), _) => Some(s),
         (None, Some(_)) => None,
@@ -1451,6 +1490,7 @@ fn main() -> anyhow::Result<()> {
                 Some(a.listing.listing_limit),
             )
         }
+        Mode::WriteFiles(_) => unreachable!("handled before connecting"),
     };
     let shared = Shared {
         addr,
@@ -1719,6 +1759,7 @@ fn cli_mode_name(mode: &Mode) -> &'static str {
         Mode::Qido(_) => "qido",
         Mode::Wado(_) => "wado",
         Mode::Mixed(_) => "mixed",
+        Mode::WriteFiles(_) => "write-files",
     }
 }
 

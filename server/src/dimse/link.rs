@@ -2,20 +2,32 @@
 //! sets PDV by PDV, sending them split to the peer's maximum PDU length, and noticing a
 //! C-CANCEL while a long operation answers.
 //!
-//! [`Link`] wraps the association and a queue of PDVs already received but not yet consumed
-//! (one P-DATA-TF PDU may carry several PDVs, and a cancel check may read ahead).
+//! Reading after association establishment is our own: P-DATA-TF PDUs are parsed in place in
+//! one bounded buffer and each PDV's data is handed on as slices of it, so a C-STORE data set
+//! goes from the socket buffer straight into the engine (dicom-ul's `receive` would copy every
+//! byte three more times: into its buffer, into the PDU, into each PDV's `Vec`). Other PDUs
+//! (release, abort, anything unexpected) are cut out of the buffer whole and parsed by
+//! dicom-ul's `read_pdu`. Owning the buffer also lets a cancel check see a C-CANCEL that
+//! arrived in the same segment as the request it cancels.
 
 use kuvasto_dimse::command::{self, field, Command};
 use kuvasto_dimse::dataset::{DataSet, DATA_SET_BYTES_MAX};
 use kuvasto_engine::dicom::json::Encoding;
-use std::collections::VecDeque;
+use std::io::Read;
 use std::net::TcpStream;
 
 use dicom_ul::association::client::ClientAssociation;
 use dicom_ul::association::server::ServerAssociation;
-use dicom_ul::association::Association;
+use dicom_ul::association::{Association, SyncAssociation};
 use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu, PresentationContextResultReason};
 
+/// Bytes of a PDU's header (type, reserved, length).
+const PDU_HEADER_BYTES: usize = 6;
+/// P-DATA-TF's PDU type.
+const P_DATA_TF: u8 = 0x04;
+/// The read buffer: socket reads are at most this large, and every PDU other than P-DATA-TF
+/// must fit (P-DATA-TF is streamed, whatever its size up to the maximum PDU length).
+const READ_BUFFER_BYTES: usize = 256 * 1024;
 /// Bytes of a PDV's header inside a P-DATA-TF PDU (item length, context id, control header).
 const PDV_HEADER_BYTES: u32 = 6;
 /// Largest PDV data we send, whatever the peer accepts (bounds our send buffers).
@@ -45,10 +57,13 @@ pub enum LinkError {
 /// The association operations a [`Link`] needs; implemented for both sides.
 pub trait Wire {
     fn send_pdu(&mut self, pdu: &Pdu) -> Result<(), LinkError>;
-    fn receive_pdu(&mut self) -> Result<Pdu, LinkError>;
     fn socket(&mut self) -> &mut TcpStream;
+    /// Bytes dicom-ul read past the association negotiation, if any (taken once).
+    fn take_read_buffer(&mut self) -> Vec<u8>;
     /// Largest PDU the peer accepts (0: no limit).
     fn peer_max_pdu(&self) -> u32;
+    /// Largest PDU this side accepts.
+    fn local_max_pdu(&self) -> u32;
     fn contexts(&self) -> &[dicom_ul::pdu::PresentationContextNegotiated];
 }
 
@@ -56,14 +71,17 @@ impl Wire for ServerAssociation<TcpStream> {
     fn send_pdu(&mut self, pdu: &Pdu) -> Result<(), LinkError> {
         Ok(self.send(pdu)?)
     }
-    fn receive_pdu(&mut self) -> Result<Pdu, LinkError> {
-        Ok(self.receive()?)
-    }
     fn socket(&mut self) -> &mut TcpStream {
         self.inner_stream()
     }
+    fn take_read_buffer(&mut self) -> Vec<u8> {
+        SyncAssociation::get_mut(self).1.split().to_vec()
+    }
     fn peer_max_pdu(&self) -> u32 {
         Association::requestor_max_pdu_length(self)
+    }
+    fn local_max_pdu(&self) -> u32 {
+        Association::acceptor_max_pdu_length(self)
     }
     fn contexts(&self) -> &[dicom_ul::pdu::PresentationContextNegotiated] {
         Association::presentation_contexts(self)
@@ -74,14 +92,17 @@ impl Wire for ClientAssociation<TcpStream> {
     fn send_pdu(&mut self, pdu: &Pdu) -> Result<(), LinkError> {
         Ok(self.send(pdu)?)
     }
-    fn receive_pdu(&mut self) -> Result<Pdu, LinkError> {
-        Ok(self.receive()?)
-    }
     fn socket(&mut self) -> &mut TcpStream {
         self.inner_stream()
     }
+    fn take_read_buffer(&mut self) -> Vec<u8> {
+        SyncAssociation::get_mut(self).1.split().to_vec()
+    }
     fn peer_max_pdu(&self) -> u32 {
         Association::acceptor_max_pdu_length(self)
+    }
+    fn local_max_pdu(&self) -> u32 {
+        Association::requestor_max_pdu_length(self)
     }
     fn contexts(&self) -> &[dicom_ul::pdu::PresentationContextNegotiated] {
         Association::presentation_contexts(self)
@@ -107,19 +128,40 @@ pub enum Incoming {
     Aborted,
 }
 
+/// The header of a PDV being read.
+#[derive(Debug, Clone, Copy)]
+struct PdvHeader {
+    context: u8,
+    command: bool,
+    last: bool,
+}
+
 /// See the module documentation.
 pub struct Link<W: Wire> {
     pub wire: W,
-    pending: VecDeque<PDataValue>,
     accepted: Vec<Context>,
+    /// Received bytes not yet consumed: `buffer[start..end]`.
+    buffer: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// Bytes of the current P-DATA-TF PDU not yet parsed (0: at a PDU boundary).
+    pdu_left: usize,
+    /// Data bytes of the current PDV not yet consumed.
+    pdv_left: usize,
+    /// Largest PDU accepted from the peer.
+    max_pdu_in: u32,
 }
 
 fn uid(text: &str) -> &str {
     text.trim_end_matches(['\0', ' '])
 }
 
+fn be_u32(bytes: &[u8]) -> u32 {
+    u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
+}
+
 impl<W: Wire> Link<W> {
-    pub fn new(wire: W) -> Link<W> {
+    pub fn new(mut wire: W) -> Link<W> {
         let accepted = wire
             .contexts()
             .iter()
@@ -130,10 +172,22 @@ impl<W: Wire> Link<W> {
                 transfer_syntax: uid(&pc.transfer_syntax).to_string(),
             })
             .collect();
+        let max_pdu_in = match wire.local_max_pdu() {
+            0 => u32::MAX,
+            n => n,
+        };
+        let leftover = wire.take_read_buffer();
+        let mut buffer = vec![0; READ_BUFFER_BYTES.max(leftover.len())];
+        buffer[..leftover.len()].copy_from_slice(&leftover);
         Link {
             wire,
-            pending: VecDeque::new(),
             accepted,
+            end: leftover.len(),
+            buffer,
+            start: 0,
+            pdu_left: 0,
+            pdv_left: 0,
+            max_pdu_in,
         }
     }
 
@@ -146,25 +200,145 @@ impl<W: Wire> Link<W> {
         self.accepted.iter().find(|c| c.id == id)
     }
 
-    /// The next PDV, receiving PDUs as needed; `Err(Released/Aborted)` when the peer ends the
-    /// association.
-    pub fn next_pdv(&mut self) -> Result<PDataValue, LinkError> {
-        loop {
-            if let Some(pdv) = self.pending.pop_front() {
-                return Ok(pdv);
-            }
-            match self.wire.receive_pdu()? {
-                Pdu::PData { data } => self.pending.extend(data),
-                Pdu::ReleaseRQ => return Err(LinkError::Released),
-                Pdu::AbortRQ { .. } => return Err(LinkError::Aborted),
-                other => {
+    fn available(&self) -> usize {
+        self.end - self.start
+    }
+
+    fn consume(&mut self, n: usize) {
+        debug_assert!(n <= self.available());
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// One socket read into the free space (moving unconsumed bytes to the front first when
+    /// the free space is at the end and small).
+    fn read_some(&mut self) -> Result<(), LinkError> {
+        if self.buffer.len() - self.end < self.buffer.len() / 4 && self.start > 0 {
+            self.buffer.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buffer.len() {
+            return Err(LinkError::Protocol("read buffer full".into()));
+        }
+        let n = self.wire.socket().read(&mut self.buffer[self.end..])?;
+        if n == 0 {
+            return Err(LinkError::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed by the peer",
+            )));
+        }
+        self.end += n;
+        Ok(())
+    }
+
+    /// Ensures `n` bytes are buffered.
+    fn fill(&mut self, n: usize) -> Result<(), LinkError> {
+        debug_assert!(n <= self.buffer.len());
+        if self.buffer.len() - self.start < n {
+            self.buffer.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        while self.available() < n {
+            self.read_some()?;
+        }
+        Ok(())
+    }
+
+    /// Reads the header of the next PDV (after the previous one's data is consumed); a
+    /// release or abort at a PDU boundary is `Err(Released / Aborted)`.
+    fn next_pdv_header(&mut self) -> Result<PdvHeader, LinkError> {
+        debug_assert_eq!(self.pdv_left, 0, "the previous PDV's data is consumed");
+        if self.pdu_left == 0 {
+            self.fill(PDU_HEADER_BYTES)?;
+            let at = self.start;
+            let kind = self.buffer[at];
+            let len = be_u32(&self.buffer[at + 2..at + 6]);
+            if kind == P_DATA_TF {
+                if len > self.max_pdu_in {
                     return Err(LinkError::Protocol(format!(
-                        "unexpected {} PDU during data transfer",
-                        pdu_name(&other)
-                    )))
+                        "a P-DATA-TF PDU of {len} bytes, over the maximum of {} this side accepts",
+                        self.max_pdu_in
+                    )));
                 }
+                self.consume(PDU_HEADER_BYTES);
+                self.pdu_left = len as usize;
+            } else {
+                return Err(self.other_pdu(kind, len));
             }
         }
+        if self.pdu_left < PDV_HEADER_BYTES as usize {
+            return Err(LinkError::Protocol(format!(
+                "{} bytes left in a P-DATA-TF PDU, too few for a PDV item",
+                self.pdu_left
+            )));
+        }
+        self.fill(PDV_HEADER_BYTES as usize)?;
+        let at = self.start;
+        let item_len = be_u32(&self.buffer[at..at + 4]) as usize;
+        let header = PdvHeader {
+            context: self.buffer[at + 4],
+            command: self.buffer[at + 5] & 0x01 != 0,
+            last: self.buffer[at + 5] & 0x02 != 0,
+        };
+        if item_len < 2 || item_len + 4 > self.pdu_left {
+            return Err(LinkError::Protocol(format!(
+                "a PDV item of {item_len} bytes in a P-DATA-TF PDU with {} bytes left",
+                self.pdu_left
+            )));
+        }
+        self.consume(PDV_HEADER_BYTES as usize);
+        self.pdu_left -= item_len + 4;
+        self.pdv_left = item_len - 2;
+        Ok(header)
+    }
+
+    /// A PDU other than P-DATA-TF: read whole and parsed by dicom-ul; what it means here.
+    fn other_pdu(&mut self, kind: u8, len: u32) -> LinkError {
+        let total = PDU_HEADER_BYTES + len as usize;
+        if total > self.buffer.len() {
+            return LinkError::Protocol(format!("a PDU of type {kind:02X} and {len} bytes"));
+        }
+        if let Err(e) = self.fill(total) {
+            return e;
+        }
+        let parsed = dicom_ul::pdu::read_pdu(
+            &self.buffer[self.start..self.start + total],
+            self.max_pdu_in.clamp(
+                dicom_ul::pdu::MINIMUM_PDU_SIZE,
+                dicom_ul::pdu::MAXIMUM_PDU_SIZE,
+            ),
+            false,
+        );
+        self.consume(total);
+        match parsed {
+            Ok(Some(Pdu::ReleaseRQ)) => LinkError::Released,
+            Ok(Some(Pdu::AbortRQ { .. })) => LinkError::Aborted,
+            Ok(Some(other)) => LinkError::Protocol(format!(
+                "unexpected {} PDU during data transfer",
+                pdu_name(&other)
+            )),
+            Ok(None) => LinkError::Protocol(format!("an incomplete PDU of type {kind:02X}")),
+            Err(e) => LinkError::Protocol(format!("an unreadable PDU of type {kind:02X}: {e}")),
+        }
+    }
+
+    /// Hands the current PDV's data to `f` as it arrives, in slices of the read buffer.
+    fn pdv_data(&mut self, f: &mut dyn FnMut(&[u8])) -> Result<(), LinkError> {
+        while self.pdv_left > 0 {
+            if self.available() == 0 {
+                self.read_some()?;
+            }
+            let take = self.available().min(self.pdv_left);
+            f(&self.buffer[self.start..self.start + take]);
+            self.consume(take);
+            self.pdv_left -= take;
+        }
+        Ok(())
     }
 
     /// The next command set (its fragments joined, at most `COMMAND_BYTES_MAX` bytes).
@@ -172,30 +346,30 @@ impl<W: Wire> Link<W> {
         let mut bytes = Vec::new();
         let mut context = None;
         loop {
-            let pdv = match self.next_pdv() {
-                Ok(pdv) => pdv,
-                Err(LinkError::Released) if bytes.is_empty() => return Ok(Incoming::Released),
+            let header = match self.next_pdv_header() {
+                Ok(header) => header,
+                Err(LinkError::Released) if context.is_none() => return Ok(Incoming::Released),
                 Err(LinkError::Aborted) => return Ok(Incoming::Aborted),
                 Err(e) => return Err(e),
             };
-            if pdv.value_type != PDataValueType::Command {
+            if !header.command {
                 return Err(LinkError::Protocol(
                     "a data set fragment arrived where a command was expected".into(),
                 ));
             }
-            if *context.get_or_insert(pdv.presentation_context_id) != pdv.presentation_context_id {
+            if *context.get_or_insert(header.context) != header.context {
                 return Err(LinkError::Protocol(
                     "command fragments on different presentation contexts".into(),
                 ));
             }
-            if bytes.len() + pdv.data.len() > command::COMMAND_BYTES_MAX {
+            if bytes.len() + self.pdv_left > command::COMMAND_BYTES_MAX {
                 return Err(LinkError::Protocol(format!(
                     "command set over {} bytes",
                     command::COMMAND_BYTES_MAX
                 )));
             }
-            bytes.extend_from_slice(&pdv.data);
-            if pdv.is_last {
+            self.pdv_data(&mut |data| bytes.extend_from_slice(data))?;
+            if header.last {
                 break;
             }
         }
@@ -213,38 +387,46 @@ impl<W: Wire> Link<W> {
         })
     }
 
-    /// The next data set fragment of `context`: `(bytes, last)`.
-    pub fn next_data(&mut self, context: u8) -> Result<(Vec<u8>, bool), LinkError> {
-        let pdv = self.next_pdv()?;
-        if pdv.value_type != PDataValueType::Data {
-            return Err(LinkError::Protocol(
-                "a command arrived in the middle of a data set".into(),
-            ));
+    /// Hands the data set that follows a command on `context` to `f`, fragment by fragment,
+    /// as the bytes arrive.
+    pub fn stream_data(&mut self, context: u8, f: &mut dyn FnMut(&[u8])) -> Result<(), LinkError> {
+        loop {
+            let header = self.next_pdv_header()?;
+            if header.command {
+                return Err(LinkError::Protocol(
+                    "a command arrived in the middle of a data set".into(),
+                ));
+            }
+            if header.context != context {
+                return Err(LinkError::Protocol(format!(
+                    "data set fragment on presentation context {} after a command on {context}",
+                    header.context
+                )));
+            }
+            self.pdv_data(f)?;
+            if header.last {
+                return Ok(());
+            }
         }
-        if pdv.presentation_context_id != context {
-            return Err(LinkError::Protocol(format!(
-                "data set fragment on presentation context {} after a command on {context}",
-                pdv.presentation_context_id
-            )));
-        }
-        Ok((pdv.data, pdv.is_last))
     }
 
     /// A whole (small) data set of `context`: at most `DATA_SET_BYTES_MAX` bytes.
     pub fn read_data_set_bytes(&mut self, context: u8) -> Result<Vec<u8>, LinkError> {
         let mut bytes = Vec::new();
-        loop {
-            let (data, last) = self.next_data(context)?;
+        let mut over = false;
+        self.stream_data(context, &mut |data| {
             if bytes.len() + data.len() > DATA_SET_BYTES_MAX {
-                return Err(LinkError::Protocol(format!(
-                    "data set over {DATA_SET_BYTES_MAX} bytes where an identifier was expected"
-                )));
+                over = true;
+            } else {
+                bytes.extend_from_slice(data);
             }
-            bytes.extend_from_slice(&data);
-            if last {
-                return Ok(bytes);
-            }
+        })?;
+        if over {
+            return Err(LinkError::Protocol(format!(
+                "data set over {DATA_SET_BYTES_MAX} bytes where an identifier was expected"
+            )));
         }
+        Ok(bytes)
     }
 
     /// Reads a small data set of `context` and decodes it in the context's encoding.
@@ -329,9 +511,12 @@ impl<W: Wire> Link<W> {
     }
 
     /// Whether the peer has sent a C-CANCEL for `message_id` (without blocking when nothing
-    /// has arrived). Other PDVs read on the way stay queued for later.
+    /// has arrived). Only a whole C-CANCEL that comes next is taken; anything else stays
+    /// buffered for [`Link::next_command`].
     pub fn cancel_requested(&mut self, message_id: Option<u16>) -> Result<bool, LinkError> {
-        if self.pending.is_empty() {
+        debug_assert_eq!(self.pdv_left, 0, "called between messages");
+        if self.available() < PDU_HEADER_BYTES + PDV_HEADER_BYTES as usize + 128 {
+            // Whatever has arrived (without waiting for more).
             let socket = self.wire.socket();
             socket.set_nonblocking(true)?;
             let mut probe = [0u8; 1];
@@ -344,62 +529,44 @@ impl<W: Wire> Link<W> {
                 }
             };
             socket.set_nonblocking(false)?;
-            if !ready {
+            if ready {
+                self.read_some()?;
+            }
+        }
+        // Parse without consuming: [PDU header] PDV header, command data.
+        let bytes = &self.buffer[self.start..self.end];
+        let mut at = 0;
+        let mut pdu_left = self.pdu_left;
+        if pdu_left == 0 {
+            if bytes.len() < PDU_HEADER_BYTES || bytes[0] != P_DATA_TF {
                 return Ok(false);
             }
-            match self.wire.receive_pdu()? {
-                Pdu::PData { data } => self.pending.extend(data),
-                Pdu::ReleaseRQ => return Err(LinkError::Released),
-                Pdu::AbortRQ { .. } => return Err(LinkError::Aborted),
-                other => {
-                    return Err(LinkError::Protocol(format!(
-                        "unexpected {} PDU during data transfer",
-                        pdu_name(&other)
-                    )))
-                }
-            }
+            pdu_left = be_u32(&bytes[2..6]) as usize;
+            at = PDU_HEADER_BYTES;
         }
-        self.take_cancel(message_id)
-    }
-
-    /// Removes a queued C-CANCEL for `message_id`, if a whole one is queued first.
-    fn take_cancel(&mut self, message_id: Option<u16>) -> Result<bool, LinkError> {
-        let Some(first) = self.pending.front() else {
+        let Some(pdv) = bytes.get(at..at + PDV_HEADER_BYTES as usize) else {
             return Ok(false);
         };
-        if first.value_type != PDataValueType::Command || !first.is_last {
+        let item_len = be_u32(pdv) as usize;
+        let (command, last) = (pdv[5] & 0x01 != 0, pdv[5] & 0x02 != 0);
+        if !command || !last || item_len < 2 || item_len + 4 > pdu_left {
             return Ok(false);
         }
-        let Ok(command) = Command::decode(&first.data) else {
+        let data_at = at + PDV_HEADER_BYTES as usize;
+        let Some(data) = bytes.get(data_at..data_at + item_len - 2) else {
+            return Ok(false);
+        };
+        let Ok(cancel) = Command::decode(data) else {
             return Ok(false); // next_command reports it
         };
-        if command.field == field::C_CANCEL_RQ
-            && (message_id.is_none() || command.message_id_being_responded_to == message_id)
+        if cancel.field != field::C_CANCEL_RQ
+            || (message_id.is_some() && cancel.message_id_being_responded_to != message_id)
         {
-            self.pending.pop_front();
-            return Ok(true);
+            return Ok(false);
         }
-        Ok(false)
-    }
-
-    /// Reads the next command; a C-CANCEL for `message_id` in between is noted in `cancelled`
-    /// and skipped.
-    pub fn next_command_noting_cancel(
-        &mut self,
-        message_id: Option<u16>,
-        cancelled: &mut bool,
-    ) -> Result<Incoming, LinkError> {
-        loop {
-            match self.next_command()? {
-                Incoming::Command { command, .. }
-                    if command.field == field::C_CANCEL_RQ
-                        && command.message_id_being_responded_to == message_id =>
-                {
-                    *cancelled = true;
-                }
-                other => return Ok(other),
-            }
-        }
+        self.consume(data_at + item_len - 2);
+        self.pdu_left = pdu_left - (item_len + 4);
+        Ok(true)
     }
 }
 

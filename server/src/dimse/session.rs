@@ -71,6 +71,19 @@ impl Session<'_> {
                     self.abort(AbortRQServiceProviderReason::InvalidPduParameter);
                     anyhow::bail!("aborted: {e}");
                 }
+                Err(LinkError::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    // Idle (or stalled mid-message) past the idle timeout.
+                    self.abort(AbortRQServiceProviderReason::ReasonNotSpecified);
+                    anyhow::bail!(
+                        "aborted after {} s without data",
+                        self.services.config.idle_timeout_seconds
+                    );
+                }
                 Err(LinkError::Io(e)) => anyhow::bail!("socket: {e}"),
             }
         }

@@ -30,12 +30,7 @@ pub fn error_comment(message: &str) -> String {
 
 /// Reads and drops the rest of a data set (after a refusal), so the association stays usable.
 pub fn drain(link: &mut Link<ServerAssociation<TcpStream>>, context: u8) -> Result<(), LinkError> {
-    loop {
-        let (_, last) = link.next_data(context)?;
-        if last {
-            return Ok(());
-        }
-    }
+    link.stream_data(context, &mut |_| {})
 }
 
 pub fn c_store(session: &mut Session, context: u8, request: Command) -> Result<(), LinkError> {
@@ -88,17 +83,13 @@ pub fn c_store(session: &mut Session, context: u8, request: Command) -> Result<(
             &pc.transfer_syntax,
         ))
         .err();
-    loop {
-        // A stalled or vanished peer ends here with an error: `upload` is dropped and nothing
-        // of this instance is committed.
-        let (data, last) = session.link.next_data(context)?;
+    // A stalled or vanished peer ends this with an error: `upload` is dropped and nothing of
+    // this instance is committed. After a refusal the rest is read and dropped.
+    session.link.stream_data(context, &mut |data| {
         if failure.is_none() {
-            failure = upload.write(&data).err();
+            failure = upload.write(data).err();
         }
-        if last {
-            break;
-        }
-    }
+    })?;
     let outcome = match failure {
         Some(failure) => Err(failure),
         None => upload.finish(),
