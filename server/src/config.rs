@@ -56,9 +56,10 @@ pub struct ConfigArgs {
     /// Calling AE titles allowed to associate, comma-separated (default: any).
     #[arg(long, env = "KUVASTO_DIMSE_CALLING_AE_TITLES", value_delimiter = ',')]
     pub dimse_calling_ae_titles: Option<Vec<String>>,
-    /// Known DIMSE peers (C-MOVE destinations, Storage Commitment reply addresses), as
-    /// `AE=HOST:PORT`, comma-separated; add `/new-association` to send that peer's Storage
-    /// Commitment results on a new association. Replaces the file's `[[dimse.peers]]`.
+    /// Known DIMSE peers (C-MOVE destinations, Storage Commitment reply addresses,
+    /// notification subscribers), as `AE=HOST:PORT`, comma-separated; add `/new-association`
+    /// to send that peer's Storage Commitment results on a new association and `/notify` to
+    /// send it Instance Availability Notifications. Replaces the file's `[[dimse.peers]]`.
     #[arg(long, env = "KUVASTO_DIMSE_PEERS", value_delimiter = ',', value_parser = parse_peer)]
     pub dimse_peers: Option<Vec<Peer>>,
     /// Write the bound HTTP address to this file once the server accepts connections.
@@ -150,26 +151,36 @@ pub struct Peer {
     /// to `address` (`new-association`).
     #[serde(default = "same_association")]
     pub commitment_reply: String,
+    /// Send this peer an Instance Availability Notification (N-CREATE) for each study an
+    /// association stored instances of.
+    #[serde(default)]
+    pub notify_availability: bool,
 }
 
 fn same_association() -> String {
     "same-association".into()
 }
 
-/// Parses `AE=HOST:PORT` or `AE=HOST:PORT/new-association`.
+/// Parses `AE=HOST:PORT`, optionally followed by `/new-association` (Storage Commitment
+/// results on a new association) and `/notify` (Instance Availability Notifications).
 pub fn parse_peer(text: &str) -> Result<Peer, String> {
     let (ae_title, rest) = text
         .split_once('=')
         .ok_or_else(|| format!("{text:?} is not a peer: expected AE=HOST:PORT"))?;
-    let (address, reply) = match rest.split_once('/') {
-        Some((address, reply)) => (address, reply.to_string()),
-        None => (rest, same_association()),
-    };
-    let peer = Peer {
+    let mut parts = rest.split('/');
+    let address = parts.next().unwrap_or_default();
+    let mut peer = Peer {
         ae_title: ae_title.trim().to_string(),
         address: address.trim().to_string(),
-        commitment_reply: reply,
+        commitment_reply: same_association(),
+        notify_availability: false,
     };
+    for option in parts {
+        match option {
+            "notify" => peer.notify_availability = true,
+            reply => peer.commitment_reply = reply.to_string(),
+        }
+    }
     peer.validate()?;
     Ok(peer)
 }
@@ -470,6 +481,10 @@ mod tests {
         let peer = parse_peer("SCP=127.0.0.1:11113").unwrap();
         assert_eq!(peer.address, "127.0.0.1:11113");
         assert_eq!(peer.commitment_reply, "same-association");
+        assert!(!peer.notify_availability);
+        let peer = parse_peer("RIS=10.0.0.1:104/new-association/notify").unwrap();
+        assert_eq!(peer.commitment_reply, "new-association");
+        assert!(peer.notify_availability);
         assert!(parse_peer("SCP").is_err());
         assert!(parse_peer("SCP=host").is_err());
         assert!(parse_peer("SCP=h:1/sometimes").is_err());

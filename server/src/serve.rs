@@ -68,6 +68,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         config: config.dimse.clone(),
         extra_tags: config.extra_tags()?,
         organisation: config.archive.organisation.clone(),
+        notifier: crate::dimse::notify::Notifier::start(&config.dimse)?,
     })?;
     if let Some(path) = &config.dimse_address_file {
         std::fs::write(path, dimse.address.to_string())

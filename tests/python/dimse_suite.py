@@ -5,14 +5,15 @@ encapsulated PDF, intra-oral X-ray, ophthalmic photography, Basic Text SR, KOS) 
 refusals (0122, A900, 0111); C-FIND in the Patient and Study Root models at every level,
 C-CANCEL of a C-FIND; C-GET and C-MOVE at every level with the received bytes compared with the
 bytes sent (and with WADO-RS); Storage Commitment with the result on the same and on a new
-association.
+association; Instance Availability Notification (N-CREATE) to a subscriber after a store.
 
 Every check is counted; a failed one is reported and the suite goes on. Exits non-zero when any
 check failed; prints a JSON summary last.
 
 Usage: dimse_suite.py --dimse HOST:PORT --http HOST:PORT --scp-port P1 --commit-port P2
-The server must know the peers `PYSCP=127.0.0.1:P1` and
-`COMMITSCU=127.0.0.1:P2/new-association` (--dimse-peers).
+       --ian-port P3
+The server must know the peers `PYSCP=127.0.0.1:P1`, `COMMITSCU=127.0.0.1:P2/new-association`
+and `IANSCP=127.0.0.1:P3/notify` (--dimse-peers).
 """
 import argparse
 import copy
@@ -44,6 +45,8 @@ CALLED = "KUVASTO"
 CALLING = "PYSUITE"
 SCP_AE = "PYSCP"
 COMMIT_AE = "COMMITSCU"
+IAN_AE = "IANSCP"
+IAN = "1.2.840.10008.5.1.4.33"
 
 VERIFICATION = "1.2.840.10008.1.1"
 PR_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
@@ -493,6 +496,7 @@ class Peer:
         self.http = args.http
         self.scp_port = args.scp_port
         self.commit_port = args.commit_port
+        self.ian_port = args.ian_port
 
     def ae(self, title=CALLING):
         ae = AE(ae_title=title)
@@ -1463,6 +1467,73 @@ def section_wado(peer, archive, gen, retrieved):
 # --------------------------------------------------------------------------------------------
 
 
+# --------------------------------------------------------------------------------------------
+# 9. Instance Availability Notification
+
+
+def section_availability(peer, gen):
+    """A subscriber (IANSCP, configured with /notify) hears of a study once the association
+    that stored it ends: every series and instance, ONLINE, retrievable from KUVASTO."""
+    notes = []
+    arrived = threading.Event()
+
+    def handler(event):
+        notes.append((str(event.request.AffectedSOPClassUID), event.attribute_list))
+        arrived.set()
+        return 0x0000, event.attribute_list
+
+    scp = peer.ae(IAN_AE)
+    scp.add_supported_context(IAN, [EXPLICIT, IMPLICIT])
+    server = scp.start_server(("127.0.0.1", peer.ian_port), block=False,
+                              evt_handlers=[(evt.EVT_N_CREATE, handler)])
+    try:
+        study = (generate_uid(), "20240420", "Availability", "KUV-IAN")
+        series = [(generate_uid(), 1), (generate_uid(), 2)]
+        objects = [ct(gen.p1, study, series[0], 1), ct(gen.p1, study, series[0], 2),
+                   ct(gen.p1, study, series[1], 1)]
+        assoc = peer.associate([build_context(CT, [EXPLICIT])])
+        try:
+            for ds in objects:
+                ds.file_meta = pydicom.dataset.FileMetaDataset()
+                ds.file_meta.TransferSyntaxUID = EXPLICIT
+                code = status_of(assoc.send_c_store(ds))
+                check(code == 0x0000, f"C-STORE for the notification: 0000, got {hexs(code)}")
+        finally:
+            assoc.release()
+        deadline = time.monotonic() + 20
+        mine = None
+        while time.monotonic() < deadline and mine is None:
+            arrived.wait(0.5)
+            arrived.clear()
+            for sop_class, ds in list(notes):
+                if ds is not None and str(ds.get("StudyInstanceUID", "")) == study[0]:
+                    mine = (sop_class, ds)
+        if not check(mine is not None, "an N-CREATE for the stored study arrived"):
+            return
+        sop_class, ds = mine
+        check(sop_class == IAN, f"N-CREATE of the Instance Availability Notification class "
+                                f"({sop_class})")
+        check("ReferencedPerformedProcedureStepSequence" in ds,
+              "ReferencedPerformedProcedureStepSequence present (type 2)")
+        got = {}
+        for item in ds.get("ReferencedSeriesSequence", []) or []:
+            got[str(item.SeriesInstanceUID)] = {
+                str(sop.ReferencedSOPInstanceUID): sop for sop in item.ReferencedSOPSequence}
+        expected = {}
+        for obj in objects:
+            expected.setdefault(str(obj.SeriesInstanceUID), set()).add(str(obj.SOPInstanceUID))
+        check({k: set(v) for k, v in got.items()} == expected,
+              "every series and instance of the study listed, nothing else")
+        for sops in got.values():
+            for sop in sops.values():
+                check(sop.InstanceAvailability == "ONLINE"
+                      and sop.RetrieveAETitle == CALLED
+                      and str(sop.ReferencedSOPClassUID) == CT,
+                      f"{sop.ReferencedSOPInstanceUID}: ONLINE, retrievable from {CALLED}, CT")
+    finally:
+        server.shutdown()
+
+
 def main():
     global check
     parser = argparse.ArgumentParser()
@@ -1472,6 +1543,8 @@ def main():
                         help=f"port of this suite's storage SCP ({SCP_AE})")
     parser.add_argument("--commit-port", type=int, required=True,
                         help=f"port this suite listens on as {COMMIT_AE}")
+    parser.add_argument("--ian-port", type=int, required=True,
+                        help=f"port this suite listens on as {IAN_AE}")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
@@ -1498,6 +1571,7 @@ def main():
     check.run("C-MOVE", section_move, peer, archive, gen, retrieved)
     check.run("Storage Commitment", section_commitment, peer, archive, gen)
     check.run("WADO-RS bytes", section_wado, peer, archive, gen, retrieved)
+    check.run("Instance Availability Notification", section_availability, peer, gen)
 
     print("\nsection                                   passed failed")
     for name, (ok, bad) in check.sections.items():

@@ -16,7 +16,6 @@ use kuvasto_dimse::command::{field, status, Command, DATA_SET_PRESENT};
 use kuvasto_dimse::dataset::DataSet;
 use kuvasto_engine::dicom::json::Encoding;
 use kuvasto_engine::dicom::Tag;
-use std::time::Duration;
 
 pub const STORAGE_COMMITMENT_PUSH_MODEL: &str = "1.2.840.10008.1.20.1";
 /// The well-known SOP instance of the Push Model.
@@ -163,23 +162,16 @@ fn report_on_new_association(
     info: &DataSet,
     event_type: u16,
 ) -> anyhow::Result<u16> {
-    let config = &session.services.config;
-    let association = dicom_ul::ClientAssociationOptions::new()
-        .calling_ae_title(config.ae_title.clone())
-        .called_ae_title(peer.ae_title.clone())
-        .max_pdu_length(config.max_pdu_bytes)
-        .connection_timeout(Duration::from_secs(config.artim_timeout_seconds))
-        .read_timeout(Duration::from_secs(config.idle_timeout_seconds))
-        .write_timeout(Duration::from_secs(config.idle_timeout_seconds))
-        .with_presentation_context(
-            STORAGE_COMMITMENT_PUSH_MODEL,
-            vec!["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"],
-        )
-        // The archive acts as the SCP of the Push Model on this association (PS3.4 J.3.3).
-        .with_role_selection(STORAGE_COMMITMENT_PUSH_MODEL, false, true)
-        .establish(peer.address.as_str())?;
-    let mut link = Link::new(association);
-    let _ = link.wire.socket().set_nodelay(true);
+    let mut link = super::client::connect(
+        &session.services.config,
+        peer,
+        vec![super::client::Proposal {
+            abstract_syntax: STORAGE_COMMITMENT_PUSH_MODEL.into(),
+            transfer_syntaxes: vec!["1.2.840.10008.1.2.1".into(), "1.2.840.10008.1.2".into()],
+            // The archive acts as the SCP of the Push Model on this association (PS3.4 J.3.3).
+            roles: Some((false, true)),
+        }],
+    )?;
     let context = link.accepted().first().map(|c| c.id).ok_or_else(|| {
         anyhow::anyhow!("{} accepted no Storage Commitment context", peer.ae_title)
     })?;

@@ -20,9 +20,11 @@
 //! Release and abort are ours to answer. Rejected presentation contexts stay in the list.
 //! Without a `Negotiation` that answers role selection, a C-GET requester is left an SCU only.
 
+pub mod client;
 pub mod commitment;
 pub mod find;
 pub mod link;
+pub mod notify;
 pub mod retrieve;
 pub mod scp;
 pub mod session;

@@ -17,7 +17,6 @@ use kuvasto_dimse::command::{field, status, Command, DATA_SET_PRESENT};
 use kuvasto_dimse::dataset::DataSet;
 use kuvasto_engine::index::attrs::{tags, Level};
 use kuvasto_engine::index::catalog::{Hits, InstanceHit};
-use std::time::Duration;
 
 pub const PATIENT_ROOT_MOVE: &str = "1.2.840.10008.5.1.4.1.2.1.2";
 pub const PATIENT_ROOT_GET: &str = "1.2.840.10008.5.1.4.1.2.1.3";
@@ -408,18 +407,16 @@ pub fn c_move(session: &mut Session, context: u8, request: Command) -> Result<()
     pairs.sort();
     pairs.dedup();
     pairs.truncate(PROPOSED_CONTEXTS_MAX);
-    let mut options = dicom_ul::ClientAssociationOptions::new()
-        .calling_ae_title(services.config.ae_title.clone())
-        .called_ae_title(peer.ae_title.clone())
-        .max_pdu_length(services.config.max_pdu_bytes)
-        .connection_timeout(Duration::from_secs(services.config.artim_timeout_seconds))
-        .read_timeout(Duration::from_secs(services.config.idle_timeout_seconds))
-        .write_timeout(Duration::from_secs(services.config.idle_timeout_seconds));
-    for (class, ts) in &pairs {
-        options = options.with_presentation_context(class.clone(), vec![ts.clone()]);
-    }
-    let association = match options.establish(peer.address.as_str()) {
-        Ok(association) => association,
+    let proposals = pairs
+        .iter()
+        .map(|(class, ts)| super::client::Proposal {
+            abstract_syntax: class.clone(),
+            transfer_syntaxes: vec![ts.clone()],
+            roles: None,
+        })
+        .collect();
+    let mut out = match super::client::connect(&services.config, &peer, proposals) {
+        Ok(link) => link,
         Err(e) => {
             tracing::warn!(destination = %peer.ae_title, address = %peer.address, error = %e, "C-MOVE destination unreachable");
             let mut response =
@@ -431,8 +428,6 @@ pub fn c_move(session: &mut Session, context: u8, request: Command) -> Result<()
             return session.link.send_command(context, &response);
         }
     };
-    let mut out = Link::new(association);
-    let _ = out.wire.socket().set_nodelay(true);
     let archive = services.archive.clone();
     let caller = session.caller.clone();
     let originator = session.peer_ae_title.clone();

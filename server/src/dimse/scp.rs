@@ -82,6 +82,7 @@ pub struct Listener {
     pub address: SocketAddr,
     stop: Arc<AtomicBool>,
     active: Arc<Active>,
+    services: Arc<Services>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -110,6 +111,7 @@ impl Listener {
             .read_timeout(Duration::from_secs(config.artim_timeout_seconds))
             .write_timeout(Duration::from_secs(config.artim_timeout_seconds));
         let services = Arc::new(services);
+        let shared = services.clone();
         let stopping = stop.clone();
         let registry = active.clone();
         let thread = std::thread::Builder::new()
@@ -135,6 +137,7 @@ impl Listener {
             address,
             stop,
             active,
+            services: shared,
             thread: Some(thread),
         })
     }
@@ -160,6 +163,7 @@ impl Listener {
         while self.active.count() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
+        self.services.notifier.stop();
     }
 }
 
@@ -228,6 +232,7 @@ fn serve_association(
         },
         peer_ae_title,
         peer_address: peer,
+        stored: Vec::new(),
     };
     session.run()
 }

@@ -20,6 +20,7 @@ pub struct Services {
     pub config: DimseSection,
     pub extra_tags: Vec<Tag>,
     pub organisation: String,
+    pub notifier: super::notify::Notifier,
 }
 
 pub struct Session<'s> {
@@ -29,12 +30,21 @@ pub struct Session<'s> {
     /// The calling AE title.
     pub peer_ae_title: String,
     pub peer_address: SocketAddr,
+    /// Instances this association stored, announced when it ends.
+    pub stored: Vec<super::notify::StoredInstance>,
 }
 
 impl Session<'_> {
     /// Serves commands until the peer releases or aborts, or breaks the protocol (then the
-    /// association is aborted).
+    /// association is aborted); then announces the studies it stored into.
     pub fn run(mut self) -> anyhow::Result<()> {
+        let result = self.serve();
+        let stored = std::mem::take(&mut self.stored);
+        self.services.notifier.notify(stored);
+        result
+    }
+
+    fn serve(&mut self) -> anyhow::Result<()> {
         loop {
             let incoming = self.link.next_command();
             let result = match incoming {

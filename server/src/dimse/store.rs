@@ -95,7 +95,15 @@ pub fn c_store(session: &mut Session, context: u8, request: Command) -> Result<(
         None => upload.finish(),
     };
     match outcome {
-        Ok(_) => respond(session, status::SUCCESS, None),
+        Ok(stored) => {
+            session.stored.push(super::notify::StoredInstance {
+                study: stored.attrs.study_instance_uid,
+                series: stored.attrs.series_instance_uid,
+                sop_class: stored.attrs.sop_class_uid,
+                sop_instance: stored.attrs.sop_instance_uid,
+            });
+            respond(session, status::SUCCESS, None)
+        }
         Err(failure) => {
             tracing::info!(
                 peer = %session.caller.peer,

@@ -3,11 +3,13 @@
 //! pydicom's sample files and of generated CT, XA multi-frame, ECG, PDF, intra-oral,
 //! ophthalmic, SR and KOS objects, and the refusals; C-FIND in both root models at every level
 //! and its C-CANCEL; C-GET and C-MOVE with the received bytes compared with the bytes sent and
-//! with WADO-RS; Storage Commitment answered on the same and on a new association.
+//! with WADO-RS; Storage Commitment answered on the same and on a new association; Instance
+//! Availability Notification to a subscriber.
 //!
-//! The suite listens as two peers the server must know: `PYSCP` (the C-MOVE destination) and
-//! `COMMITSCU` (a Storage Commitment requester whose results go to a new association). Their
-//! ports are picked here and given to both the server (`--dimse-peers`) and the suite.
+//! The suite listens as three peers the server must know: `PYSCP` (the C-MOVE destination),
+//! `COMMITSCU` (a Storage Commitment requester whose results go to a new association) and
+//! `IANSCP` (a notification subscriber). Their ports are picked here and given to both the
+//! server (`--dimse-peers`) and the suite.
 
 use crate::dicomweb::Server;
 use std::path::{Path, PathBuf};
@@ -62,9 +64,11 @@ fn pynetdicom_stores_finds_retrieves_moves_and_commits() {
         eprintln!("skipped: no .venv with pynetdicom (scripts/test.sh installs it)");
         return;
     };
-    let [scp_port, commit_port] = free_ports::<2>();
-    let peers =
-        format!("PYSCP=127.0.0.1:{scp_port},COMMITSCU=127.0.0.1:{commit_port}/new-association");
+    let [scp_port, commit_port, ian_port] = free_ports::<3>();
+    let peers = format!(
+        "PYSCP=127.0.0.1:{scp_port},COMMITSCU=127.0.0.1:{commit_port}/new-association,\
+         IANSCP=127.0.0.1:{ian_port}/notify"
+    );
     let server = Server::start(&["--dimse-peers", &peers]);
     let dimse = dimse_address(&server);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/dimse_suite.py");
@@ -77,6 +81,7 @@ fn pynetdicom_stores_finds_retrieves_moves_and_commits() {
         .args(["--dimse", &dimse, "--http", &server.addr])
         .args(["--scp-port", &scp_port.to_string()])
         .args(["--commit-port", &commit_port.to_string()])
+        .args(["--ian-port", &ian_port.to_string()])
         .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
         .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
         .spawn()
