@@ -3,7 +3,8 @@
 # measured in the same run: dcmtk's own storescp receiving the same files (the DICOM
 # reference server; it does not fsync), and `dd` of the same byte count with
 # `oflag=direct` and `conv=fdatasync`. Also the CPU seconds the server and the senders used,
-# since the senders share the machine's cores.
+# since the senders share the machine's cores, and the same files sent by `dimse_load` (a
+# sender that does not parse them; 16 associations) to show the server's own capacity.
 #
 #   bash benches/dimse.sh            # 4000 instances of 0.5 MB, 8 storescu processes
 #   COUNT=8000 SENDERS=4 bash benches/dimse.sh
@@ -16,9 +17,11 @@ COUNT="${COUNT:-4000}"
 SENDERS="${SENDERS:-8}"
 SIZE_BYTES="${SIZE_BYTES:-524288}"
 command -v /usr/bin/storescu >/dev/null || { echo "needs dcmtk (apt-get install dcmtk)" >&2; exit 1; }
-cargo build --release -q -p kuvasto-server -p kuvasto-benches --bin kuvasto --bin loadgen
+cargo build --release -q -p kuvasto-server -p kuvasto-benches --bin kuvasto --bin loadgen \
+    --bin dimse_load
 KUVASTO="$PWD/target/release/kuvasto"
 LOADGEN="$PWD/target/release/loadgen"
+DIMSE_LOAD="$PWD/target/release/dimse_load"
 
 rm -rf "$DIR" && mkdir -p "$DIR"
 "$LOADGEN" write-files --dir "$DIR/files" --count "$COUNT" --size-bytes "$SIZE_BYTES"
@@ -75,6 +78,18 @@ server=$!
 for _ in $(seq 1 100); do [ -s "$DIR/dimse-addr" ] && break; sleep 0.1; done
 port=$(cut -d: -f2 <"$DIR/dimse-addr")
 send_all "$port" "kuvasto (fdatasync before each response)" "$server" 1
+kill "$server"; wait "$server" || true
+rm -rf "$DIR/data" "$DIR/dimse-addr"
+
+"$KUVASTO" serve --data-dir "$DIR/data" --http-listen 127.0.0.1:0 --dimse-listen 127.0.0.1:0 \
+    --dimse-address-file "$DIR/dimse-addr" 2>"$DIR/server.log" &
+server=$!
+for _ in $(seq 1 100); do [ -s "$DIR/dimse-addr" ] && break; sleep 0.1; done
+before=$(cpu_ticks "$server")
+/usr/bin/time -f "dimse_load CPU %U + %S s" "$DIMSE_LOAD" --address "$(cat "$DIR/dimse-addr")" \
+    --dir "$DIR/files" --clients 16
+echo "receiver CPU $(awk -v t=$(( $(cpu_ticks "$server") - before )) -v hz="$hz" -v n="$COUNT" \
+    'BEGIN { printf "%.2f s (%.2f ms/instance)", t / hz, t / hz / n * 1000 }')"
 kill "$server"; wait "$server" || true
 rm -rf "$DIR/data"
 

@@ -24,6 +24,15 @@ pub use super::explicit_le::BULK_VALUE_BYTES_MIN;
 pub const METADATA_BYTES_MAX: usize = 256 << 20;
 const ZSTD_LEVEL: i32 = 3;
 
+thread_local! {
+    // One zstd context per thread, reused: creating one per record cost ~3 % of a C-STORE's
+    // CPU time (perf, benches/README.md).
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// A value left in the object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BulkRef {
@@ -270,7 +279,17 @@ impl InstanceMetadata {
         out.extend_from_slice(&(body.len() as u64).to_le_bytes());
         // Compressing an in-memory buffer cannot fail short of allocation failure; keep the
         // body uncompressed (flag 0) if it ever does.
-        match zstd::bulk::compress(&body, ZSTD_LEVEL) {
+        let compressed = COMPRESSOR.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.is_none() {
+                *c = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+            }
+            match c.as_mut() {
+                Some(c) => c.compress(&body),
+                None => zstd::bulk::compress(&body, ZSTD_LEVEL),
+            }
+        });
+        match compressed {
             Ok(z) => {
                 out[6] = 1;
                 out.extend_from_slice(&z);
@@ -298,7 +317,17 @@ impl InstanceMetadata {
         }
         let body = match bytes[6] {
             0 => bytes[16..].to_vec(),
-            1 => zstd::bulk::decompress(&bytes[16..], body_len as usize)
+            1 => DECOMPRESSOR
+                .with(|d| {
+                    let mut d = d.borrow_mut();
+                    if d.is_none() {
+                        *d = zstd::bulk::Decompressor::new().ok();
+                    }
+                    match d.as_mut() {
+                        Some(d) => d.decompress(&bytes[16..], body_len as usize),
+                        None => zstd::bulk::decompress(&bytes[16..], body_len as usize),
+                    }
+                })
                 .map_err(|e| MetadataError::Malformed(format!("zstd: {e}")))?,
             other => {
                 return Err(MetadataError::Malformed(format!(
