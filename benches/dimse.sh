@@ -35,6 +35,15 @@ for f in "$DIR"/files/*.dcm; do
 done
 bytes=$(du -bLc "$DIR"/files/*.dcm | tail -1 | cut -f1)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# A fresh server on an empty data directory: sets $server and $port.
+start_server() {
+    rm -rf "$DIR/data" "$DIR/dimse-addr"
+    "$KUVASTO" serve --data-dir "$DIR/data" --http-listen 127.0.0.1:0 --dimse-listen 127.0.0.1:0 \
+        --dimse-address-file "$DIR/dimse-addr" 2>"$DIR/server.log" &
+    server=$!
+    for _ in $(seq 1 100); do [ -s "$DIR/dimse-addr" ] && break; sleep 0.1; done
+    port=$(cut -d: -f2 <"$DIR/dimse-addr")
+}
 hz=$(getconf CLK_TCK)
 
 # Runs one storescu per directory of split$4 against PORT; prints instances/s and CPU use.
@@ -61,32 +70,19 @@ send_all() { # port label pid senders
 }
 
 echo "== $COUNT instances of $SIZE_BYTES bytes, $SENDERS storescu processes ($((bytes / 1000000)) MB)"
-"$KUVASTO" serve --data-dir "$DIR/data" --http-listen 127.0.0.1:0 --dimse-listen 127.0.0.1:0 \
-    --dimse-address-file "$DIR/dimse-addr" 2>"$DIR/server.log" &
-server=$!
-for _ in $(seq 1 100); do [ -s "$DIR/dimse-addr" ] && break; sleep 0.1; done
-port=$(cut -d: -f2 <"$DIR/dimse-addr")
+start_server
 send_all "$port" "kuvasto (fdatasync before each response)" "$server" "$SENDERS"
 stored=$(grep -c 'action="store"' "$DIR/server.log" || true)
 echo "stored: $stored; peak server RSS: $(awk '/VmHWM/ {print int($2/1024)}' /proc/$server/status) MiB"
 kill "$server"; wait "$server" || true
-rm -rf "$DIR/data" "$DIR/dimse-addr"
 
-"$KUVASTO" serve --data-dir "$DIR/data" --http-listen 127.0.0.1:0 --dimse-listen 127.0.0.1:0 \
-    --dimse-address-file "$DIR/dimse-addr" 2>"$DIR/server.log" &
-server=$!
-for _ in $(seq 1 100); do [ -s "$DIR/dimse-addr" ] && break; sleep 0.1; done
-port=$(cut -d: -f2 <"$DIR/dimse-addr")
+start_server
 send_all "$port" "kuvasto (fdatasync before each response)" "$server" 1
 kill "$server"; wait "$server" || true
-rm -rf "$DIR/data" "$DIR/dimse-addr"
 
-"$KUVASTO" serve --data-dir "$DIR/data" --http-listen 127.0.0.1:0 --dimse-listen 127.0.0.1:0 \
-    --dimse-address-file "$DIR/dimse-addr" 2>"$DIR/server.log" &
-server=$!
-for _ in $(seq 1 100); do [ -s "$DIR/dimse-addr" ] && break; sleep 0.1; done
+start_server
 before=$(cpu_ticks "$server")
-/usr/bin/time -f "dimse_load CPU %U + %S s" "$DIMSE_LOAD" --address "$(cat "$DIR/dimse-addr")" \
+/usr/bin/time -f "dimse_load CPU %U + %S s" "$DIMSE_LOAD" --address "127.0.0.1:$port" \
     --dir "$DIR/files" --clients 16
 echo "receiver CPU $(awk -v t=$(( $(cpu_ticks "$server") - before )) -v hz="$hz" -v n="$COUNT" \
     'BEGIN { printf "%.2f s (%.2f ms/instance)", t / hz, t / hz / n * 1000 }')"

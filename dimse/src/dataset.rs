@@ -58,6 +58,7 @@ use std::sync::Arc;
 
 use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
 use kuvasto_engine::dicom::charset::CharacterSets;
+use kuvasto_engine::dicom::explicit_le::has_long_length;
 use kuvasto_engine::dicom::json::Encoding;
 use kuvasto_engine::dicom::Tag;
 
@@ -751,26 +752,6 @@ fn write_element(out: &mut Vec<u8>, element: &Element, encoding: Encoding) {
             }
         }
     }
-}
-
-/// Whether Explicit VR gives values of `vr` a 4-byte length (after 2 reserved bytes).
-fn has_long_length(vr: [u8; 2]) -> bool {
-    matches!(
-        &vr,
-        b"OB"
-            | b"OD"
-            | b"OF"
-            | b"OL"
-            | b"OV"
-            | b"OW"
-            | b"SQ"
-            | b"SV"
-            | b"UC"
-            | b"UN"
-            | b"UR"
-            | b"UT"
-            | b"UV"
-    )
 }
 
 /// Whether values of `vr` are characters (not binary, not UN, not SQ).

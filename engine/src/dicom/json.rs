@@ -50,6 +50,7 @@ use std::fmt::Write as _;
 use base64::Engine as _;
 
 use super::charset::CharacterSets;
+use super::explicit_le::has_long_length;
 use super::meta::ts;
 use super::{dictionary_vr, Tag};
 
@@ -225,26 +226,6 @@ const SAFE_INTEGER_MAX: u64 = (1 << 53) - 1;
 const SPECIFIC_CHARACTER_SET: Tag = Tag::new(0x0008, 0x0005);
 /// An upper bound on the bytes one number (with its separator) takes.
 const NUMBER_BYTES_MAX: usize = 40;
-
-/// VRs with a 2-byte reserved field and a 4-byte length in the explicit encodings.
-fn has_long_length(vr: [u8; 2]) -> bool {
-    matches!(
-        &vr,
-        b"OB"
-            | b"OD"
-            | b"OF"
-            | b"OL"
-            | b"OV"
-            | b"OW"
-            | b"SQ"
-            | b"SV"
-            | b"UC"
-            | b"UN"
-            | b"UR"
-            | b"UT"
-            | b"UV"
-    )
-}
 
 /// VRs with a 2-byte length in the explicit encodings.
 fn has_short_length(vr: [u8; 2]) -> bool {

@@ -67,47 +67,35 @@ pub trait Wire {
     fn contexts(&self) -> &[dicom_ul::pdu::PresentationContextNegotiated];
 }
 
-impl Wire for ServerAssociation<TcpStream> {
-    fn send_pdu(&mut self, pdu: &Pdu) -> Result<(), LinkError> {
-        Ok(self.send(pdu)?)
-    }
-    fn socket(&mut self) -> &mut TcpStream {
-        self.inner_stream()
-    }
-    fn take_read_buffer(&mut self) -> Vec<u8> {
-        SyncAssociation::get_mut(self).1.split().to_vec()
-    }
-    fn peer_max_pdu(&self) -> u32 {
-        Association::requestor_max_pdu_length(self)
-    }
-    fn local_max_pdu(&self) -> u32 {
-        Association::acceptor_max_pdu_length(self)
-    }
-    fn contexts(&self) -> &[dicom_ul::pdu::PresentationContextNegotiated] {
-        Association::presentation_contexts(self)
-    }
+/// `Wire` for one side; `peer` and `local` name the association's methods giving the peer's
+/// and this side's maximum PDU length.
+macro_rules! wire {
+    ($side:ty, peer: $peer:ident, local: $local:ident) => {
+        impl Wire for $side {
+            fn send_pdu(&mut self, pdu: &Pdu) -> Result<(), LinkError> {
+                Ok(self.send(pdu)?)
+            }
+            fn socket(&mut self) -> &mut TcpStream {
+                self.inner_stream()
+            }
+            fn take_read_buffer(&mut self) -> Vec<u8> {
+                SyncAssociation::get_mut(self).1.split().to_vec()
+            }
+            fn peer_max_pdu(&self) -> u32 {
+                Association::$peer(self)
+            }
+            fn local_max_pdu(&self) -> u32 {
+                Association::$local(self)
+            }
+            fn contexts(&self) -> &[dicom_ul::pdu::PresentationContextNegotiated] {
+                Association::presentation_contexts(self)
+            }
+        }
+    };
 }
 
-impl Wire for ClientAssociation<TcpStream> {
-    fn send_pdu(&mut self, pdu: &Pdu) -> Result<(), LinkError> {
-        Ok(self.send(pdu)?)
-    }
-    fn socket(&mut self) -> &mut TcpStream {
-        self.inner_stream()
-    }
-    fn take_read_buffer(&mut self) -> Vec<u8> {
-        SyncAssociation::get_mut(self).1.split().to_vec()
-    }
-    fn peer_max_pdu(&self) -> u32 {
-        Association::acceptor_max_pdu_length(self)
-    }
-    fn local_max_pdu(&self) -> u32 {
-        Association::requestor_max_pdu_length(self)
-    }
-    fn contexts(&self) -> &[dicom_ul::pdu::PresentationContextNegotiated] {
-        Association::presentation_contexts(self)
-    }
-}
+wire!(ServerAssociation<TcpStream>, peer: requestor_max_pdu_length, local: acceptor_max_pdu_length);
+wire!(ClientAssociation<TcpStream>, peer: acceptor_max_pdu_length, local: requestor_max_pdu_length);
 
 /// An accepted presentation context.
 #[derive(Debug, Clone, PartialEq, Eq)]
