@@ -177,7 +177,8 @@ fn accept(
     let associations_max = services.config.associations_max;
     if active.count() >= associations_max {
         tracing::warn!(%peer, associations_max, "DIMSE association refused: too many at once");
-        return; // dropping the stream closes it
+        refuse_busy(stream);
+        return;
     }
     let Ok(registered) = stream.try_clone() else {
         return;
@@ -205,6 +206,28 @@ fn accept(
             sockets.remove(&id);
         }
     }
+}
+
+/// A-ASSOCIATE-RJ, transient, service provider (presentation): local limit exceeded — sent
+/// without waiting for the request, so a full listener never blocks on a peer.
+fn refuse_busy(mut stream: TcpStream) {
+    use dicom_ul::pdu::{
+        AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason,
+        AssociationRJSource, Pdu,
+    };
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let mut bytes = Vec::new();
+    let rj = Pdu::AssociationRJ(AssociationRJ {
+        result: AssociationRJResult::Transient,
+        source: AssociationRJSource::ServiceProviderPresentation(
+            AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
+        ),
+    });
+    if dicom_ul::pdu::write_pdu(&mut bytes, &rj).is_ok() {
+        let _ = std::io::Write::write_all(&mut stream, &bytes);
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Write);
 }
 
 fn serve_association(

@@ -709,3 +709,29 @@ fn bad_peers_get_protocol_answers_and_stored_data_is_untouched() {
         "the first instance is untouched"
     );
 }
+
+#[test]
+fn associations_over_the_limit_get_a_transient_rejection() {
+    let Some(echoscu) = echoscu() else {
+        eprintln!("skipped: dcmtk's echoscu is not installed");
+        return;
+    };
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "[dimse]\nassociations_max = 1\n").unwrap();
+    let server = Server::start(&["--config", config.path().to_str().unwrap()]);
+    let (host, port) = dimse_address(&server);
+    let held = associate(&host, &port);
+    let (ok, out) = dcmtk("echoscu", &["-aec", "KUVASTO", &host, &port]);
+    assert!(!ok, "a second association is refused: {out}");
+    assert!(
+        out.contains("Local Limit Exceeded") || out.contains("local limit exceeded"),
+        "refused as a transient local limit: {out}"
+    );
+    drop(held);
+    // Once the first has gone, the slot is free again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !echo(echoscu, &server, "AFTER") {
+        assert!(Instant::now() < deadline, "the slot was not freed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
