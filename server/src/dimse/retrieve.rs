@@ -63,11 +63,13 @@ fn selected(
         Level::Series => tags::SERIES_INSTANCE_UID,
         Level::Instance => tags::SOP_INSTANCE_UID,
     };
-    if identifier.text(unique).unwrap_or_default().is_empty() {
+    let unique_value = identifier.text(unique).unwrap_or_default();
+    // Unique keys are single values or lists (PS3.4 C.4.2.2.1): no wild cards, no ranges.
+    if unique_value.is_empty() || unique_value.contains(['*', '?']) {
         return Err((
             status::IDENTIFIER_DOES_NOT_MATCH,
             format!(
-                "a {} retrieval needs {}",
+                "a {} retrieval needs {} as a value or a list of values, not {unique_value:?}",
                 identifier.text(QUERY_RETRIEVE_LEVEL).unwrap_or_default(),
                 super::find::keyword(unique)
             ),

@@ -518,6 +518,24 @@ fn dcmtk_stores_finds_moves_and_gets_with_bytes_unchanged() {
         ],
     );
     assert!(out.contains("MoveDestinationUnknown"), "{out}");
+    // A unique key with a wild card would move everything: refused.
+    let (_, out) = dcmtk(
+        "movescu",
+        &[
+            "-P",
+            "-aec",
+            "KUVASTO",
+            "-aem",
+            "STORESCP",
+            "-k",
+            "QueryRetrieveLevel=PATIENT",
+            "-k",
+            "PatientID=*",
+            &host,
+            &port,
+        ],
+    );
+    assert!(out.contains("DataSetDoesNotMatchSOPClass"), "A900: {out}");
 }
 
 /// An association from this test, through dicom-ul, with a CT storage context.
