@@ -21,8 +21,10 @@ use std::sync::Mutex;
 use std::thread::JoinHandle;
 
 pub const INSTANCE_AVAILABILITY_NOTIFICATION: &str = "1.2.840.10008.5.1.4.33";
-/// Studies waiting to be announced.
+/// Associations' lists of stored instances waiting to be announced.
 pub const NOTIFICATIONS_QUEUED_MAX: usize = 1024;
+/// An association storing more instances than this announces them in parts.
+pub const INSTANCES_PER_NOTIFICATION_MAX: usize = 10_000;
 
 const REFERENCED_PPS_SEQUENCE: Tag = Tag::new(0x0008, 0x1111);
 const REFERENCED_SERIES_SEQUENCE: Tag = Tag::new(0x0008, 0x1115);
@@ -84,6 +86,11 @@ impl Notifier {
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
         })
+    }
+
+    /// Whether any peer subscribes (otherwise nothing needs collecting).
+    pub fn enabled(&self) -> bool {
+        self.tx.lock().map(|tx| tx.is_some()).unwrap_or(false)
     }
 
     /// Queues the studies of `instances` for announcement (never blocks).
