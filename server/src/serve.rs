@@ -54,6 +54,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         .thread_name("kuvasto-http")
         .build()
         .context("starting the async runtime")?;
+    // Instance Availability Notifications, for studies stored over either protocol.
+    let notifier = Arc::new(crate::dimse::notify::Notifier::start(&config.dimse)?);
     let state = Arc::new(AppState {
         archive: archive.clone(),
         http: config.http.clone(),
@@ -61,6 +63,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         extra_tags: config.extra_tags()?,
         bound: std::sync::OnceLock::new(),
         slots: Arc::new(tokio::sync::Semaphore::new(config.http.requests_max)),
+        notifier: notifier.clone(),
     });
     let grace = Duration::from_secs(config.http.shutdown_grace_seconds);
     let dimse = crate::dimse::scp::Listener::start(crate::dimse::session::Services {
@@ -68,7 +71,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         config: config.dimse.clone(),
         extra_tags: config.extra_tags()?,
         organisation: config.archive.organisation.clone(),
-        notifier: crate::dimse::notify::Notifier::start(&config.dimse)?,
+        notifier: notifier.clone(),
     })?;
     if let Some(path) = &config.dimse_address_file {
         std::fs::write(path, dimse.address.to_string())

@@ -194,9 +194,9 @@ def split_part10(data):
     return str(meta.TransferSyntaxUID), data[dataset_offset(fp):]
 
 
-def write_part10(path, ds, ts, meta_sop=None, meta_class=None):
-    """Writes `ds` as a Part 10 file in `ts` and returns the data set bytes (what goes on the
-    wire when the file is sent raw). `meta_sop` / `meta_class` override the file meta's UIDs."""
+def part10(ds, ts, meta_sop=None, meta_class=None):
+    """`ds` as Part 10 bytes in `ts`: (whole file, data set bytes). `meta_sop` / `meta_class`
+    override the file meta's UIDs."""
     ts = UID(ts)
     meta = create_file_meta(sop_class_uid=UID(meta_class or ds.SOPClassUID),
                             sop_instance_uid=UID(meta_sop or ds.SOPInstanceUID),
@@ -204,8 +204,15 @@ def write_part10(path, ds, ts, meta_sop=None, meta_class=None):
     data = encode(ds, ts.is_implicit_VR, ts.is_little_endian)
     if data is None:
         raise ValueError(f"pydicom cannot encode {ds.SOPInstanceUID} in {ts}")
+    return b"\0" * 128 + b"DICM" + encode_file_meta(meta) + data, data
+
+
+def write_part10(path, ds, ts, meta_sop=None, meta_class=None):
+    """Writes `ds` as a Part 10 file in `ts` and returns the data set bytes (what goes on the
+    wire when the file is sent raw)."""
+    whole, data = part10(ds, ts, meta_sop, meta_class)
     with open(path, "wb") as f:
-        f.write(b"\0" * 128 + b"DICM" + encode_file_meta(meta) + data)
+        f.write(whole)
     return data
 
 
@@ -1530,6 +1537,34 @@ def section_availability(peer, gen):
                       and sop.RetrieveAETitle == CALLED
                       and str(sop.ReferencedSOPClassUID) == CT,
                       f"{sop.ReferencedSOPInstanceUID}: ONLINE, retrievable from {CALLED}, CT")
+
+        # A study stored with STOW-RS is announced too.
+        web_study = (generate_uid(), "20240421", "Availability over HTTP", "KUV-IAN2")
+        web = ct(gen.p1, web_study, (generate_uid(), 1), 1)
+        part, _ = part10(web, EXPLICIT)
+        boundary = "KUVASTO-IAN"
+        body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part
+                + f"\r\n--{boundary}--\r\n".encode())
+        request = urllib.request.Request(
+            f"http://{peer.http}/dicom-web/studies", data=body, method="POST",
+            headers={"Content-Type": f'multipart/related; type="application/dicom"; '
+                                     f'boundary={boundary}',
+                     "Accept": "application/dicom+json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            check(response.status == 200, f"STOW-RS of one CT: 200, got {response.status}")
+        deadline = time.monotonic() + 20
+        announced = None
+        while time.monotonic() < deadline and announced is None:
+            arrived.wait(0.5)
+            arrived.clear()
+            for _, ds in list(notes):
+                if ds is not None and str(ds.get("StudyInstanceUID", "")) == web_study[0]:
+                    announced = ds
+        sops = set()
+        for item in (announced.get("ReferencedSeriesSequence", []) if announced else []) or []:
+            sops |= {str(sop.ReferencedSOPInstanceUID) for sop in item.ReferencedSOPSequence}
+        check(sops == {str(web.SOPInstanceUID)},
+              "the study stored with STOW-RS was announced with its instance")
     finally:
         server.shutdown()
 

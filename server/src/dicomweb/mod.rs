@@ -44,6 +44,8 @@ pub struct AppState {
     pub bound: std::sync::OnceLock<SocketAddr>,
     /// Bounds concurrent requests (`http.requests_max`).
     pub slots: Arc<tokio::sync::Semaphore>,
+    /// Announces each STOW request's studies to subscribed DIMSE peers.
+    pub notifier: Arc<crate::dimse::notify::Notifier>,
 }
 
 pub type State = Arc<AppState>;

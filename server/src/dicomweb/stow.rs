@@ -151,7 +151,18 @@ async fn run(
     drop(tx);
     tracing::debug!(frames, bytes, "STOW body received");
     match worker.await {
-        Ok(report) => respond(report, study.as_deref(), &base_url),
+        Ok(report) => {
+            if state.notifier.enabled() {
+                state.notifier.notify(
+                    report
+                        .stored
+                        .iter()
+                        .map(|s| crate::dimse::notify::StoredInstance::of(&s.attrs))
+                        .collect(),
+                );
+            }
+            respond(report, study.as_deref(), &base_url)
+        }
         Err(e) => problem(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("store worker failed: {e}"),

@@ -1,6 +1,7 @@
 //! Instance Availability Notification SCU (PS3.4 Annex R): when an association that stored
-//! instances ends, each study it stored into is announced with an N-CREATE to every peer
-//! configured with `notify_availability`, on a new association, by one background thread.
+//! instances ends, or a STOW-RS request has stored some, each study they went into is
+//! announced with an N-CREATE to every peer configured with `notify_availability`, on a new
+//! association, by one background thread.
 //!
 //! The queue between associations and that thread is bounded
 //! ([`NOTIFICATIONS_QUEUED_MAX`]); when it is full, or a subscriber cannot be reached, the
@@ -43,6 +44,17 @@ pub struct StoredInstance {
     pub series: String,
     pub sop_class: String,
     pub sop_instance: String,
+}
+
+impl StoredInstance {
+    pub fn of(attrs: &kuvasto_engine::index::attrs::InstanceAttrs) -> StoredInstance {
+        StoredInstance {
+            study: attrs.study_instance_uid.clone(),
+            series: attrs.series_instance_uid.clone(),
+            sop_class: attrs.sop_class_uid.clone(),
+            sop_instance: attrs.sop_instance_uid.clone(),
+        }
+    }
 }
 
 /// See the module documentation.

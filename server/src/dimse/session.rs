@@ -20,7 +20,7 @@ pub struct Services {
     pub config: DimseSection,
     pub extra_tags: Vec<Tag>,
     pub organisation: String,
-    pub notifier: super::notify::Notifier,
+    pub notifier: Arc<super::notify::Notifier>,
 }
 
 pub struct Session<'s> {

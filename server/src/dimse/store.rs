@@ -98,12 +98,9 @@ pub fn c_store(session: &mut Session, context: u8, request: Command) -> Result<(
         Ok(stored) => {
             let notifier = &session.services.notifier;
             if notifier.enabled() {
-                session.stored.push(super::notify::StoredInstance {
-                    study: stored.attrs.study_instance_uid,
-                    series: stored.attrs.series_instance_uid,
-                    sop_class: stored.attrs.sop_class_uid,
-                    sop_instance: stored.attrs.sop_instance_uid,
-                });
+                session
+                    .stored
+                    .push(super::notify::StoredInstance::of(&stored.attrs));
                 // A long association is announced in parts rather than held in memory.
                 if session.stored.len() >= super::notify::INSTANCES_PER_NOTIFICATION_MAX {
                     notifier.notify(std::mem::take(&mut session.stored));
