@@ -600,7 +600,6 @@ def section_store_samples(peer, archive, summary):
             continue
         if ts == DEFLATED:
             deflated += 1
-            continue
         with open(path, "rb") as f:
             offset = dataset_offset(f)
         data = path.read_bytes()[offset:]
@@ -610,7 +609,7 @@ def section_store_samples(peer, archive, summary):
             meta_mismatch.add(str(path))
         files.append((str(path), cls, ts))
     print(f"   {len(files)} sample files to send ({unreadable} not readable by pydicom or "
-          f"without UIDs and file meta, {deflated} deflated, skipped)")
+          f"without UIDs and file meta, skipped; {deflated} deflated among them)")
     statuses = send_files(peer, files)
     stored, refused = 0, []
     first_stored = {}  # SOP Instance UID -> (ts, data) of the sample stored first
@@ -629,6 +628,9 @@ def section_store_samples(peer, archive, summary):
                                   f"0111 expected, got {hexs(code)}")
         elif sop in first_stored:
             check(code == 0x0000, f"{name}: identical re-send: 0000 expected, got {hexs(code)}")
+        elif ts == DEFLATED:
+            check(code == 0x0000, f"{name}: deflated, stored as received: 0000 expected, "
+                                  f"got {hexs(code)}")
         if code == 0x0000:
             if sop not in first_stored:
                 stored += 1
