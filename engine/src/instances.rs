@@ -350,7 +350,7 @@ fn derive_from_object(config: &InstanceConfig, object: &Object) -> Result<Instan
     let mut reader = Reader::new(config);
     object.visit_range(0..object.len(), &mut |piece| reader.feed(piece))?;
     let read = reader.finish(object.len())?;
-    build_metadata(config, ObjectSource::Ready(object), read, object.seq)
+    build_metadata(config, &mut ObjectSource::Ready(object), read, object.seq)
 }
 
 /// The extraction side of a put: header, frames, and the checks that refuse an instance.
@@ -632,11 +632,23 @@ enum ObjectSource<'a> {
         store: &'a Store,
         key: &'a [u8],
         len: u64,
+        /// The object's commit when it may not be durable yet (opening waits for it).
+        pending: Option<crate::PendingPut>,
         opened: Option<Object>,
     },
 }
 
 impl ObjectSource<'_> {
+    /// Returns once the object is durable and visible.
+    fn durable(&mut self) -> Result<()> {
+        if let ObjectSource::Lazy { pending, .. } = self {
+            if let Some(pending) = pending.take() {
+                pending.wait()?;
+            }
+        }
+        Ok(())
+    }
+
     fn len(&self) -> u64 {
         match self {
             ObjectSource::Ready(object) => object.len(),
@@ -671,7 +683,7 @@ impl ObjectSource<'_> {
 /// they arrived (or is read back from the stored bytes), bulk values left out.
 fn build_metadata(
     config: &InstanceConfig,
-    mut object: ObjectSource<'_>,
+    object: &mut ObjectSource<'_>,
     read: Read,
     object_seq: u64,
 ) -> Result<InstanceMetadata> {
@@ -690,7 +702,6 @@ fn build_metadata(
         let end = pixel
             .map_or(object.len(), |p| p.element_offset)
             .min(object.len());
-        let object = &mut object;
         let mut cursor = data_set_offset.min(end);
         for b in &extracted.data_set.bulk {
             if b.value_offset + u64::from(b.length) > end || b.element_offset < cursor {
@@ -981,11 +992,16 @@ impl<'s> InstancePut<'s> {
         if self.replacing {
             outcome = PutOutcome::Replaced;
         }
-        let committed = stream.finish()?;
+        // The metadata record is prepared and submitted while the object becomes durable:
+        // acknowledgements come in submission order, so it is durable after the object, and
+        // the catalog learns of the instance only once both are.
+        let pending = stream.finish_placed()?;
+        let committed = pending.placed()?;
         let object = ObjectSource::Lazy {
             store: self.store,
             key: key.as_bytes(),
             len: committed.len,
+            pending: Some(pending),
             opened: None,
         };
         describe(self.store, object, read, committed, outcome).map(Ok)
@@ -1031,10 +1047,12 @@ fn describe(
     let key = read.attrs.sop_instance_uid.clone();
     let config = &store.instances().config;
     let path = read.extracted.path;
-    let metadata = build_metadata(config, object, read, committed.seq)?;
+    let mut object = object;
+    let metadata = build_metadata(config, &mut object, read, committed.seq)?;
     let frames = metadata.frames.len();
     let bulk_values = metadata.bulk.len();
     let md_committed = store.put(Namespace::METADATA, key.as_bytes(), &metadata.encode())?;
+    object.durable()?;
     if let Some(catalog) = &store.instances().catalog {
         catalog.insert(
             metadata.attrs.clone(),

@@ -33,4 +33,4 @@ pub use segment::compaction::{CompactOptions, CompactionReport};
 pub use segment::format::Namespace;
 pub use segment::reader::Object;
 pub use segment::recovery::{CorruptionFound, RecoveryReport};
-pub use store::{Committed, PutStream, Store, StoreConfig, StoreStats};
+pub use store::{Committed, PendingPut, PutStream, Store, StoreConfig, StoreStats};

@@ -685,7 +685,14 @@ impl PutStream {
     }
 
     /// Makes the object durable and visible; returns once both are true.
-    pub fn finish(mut self) -> Result<Committed> {
+    pub fn finish(self) -> Result<Committed> {
+        self.finish_placed()?.wait()
+    }
+
+    /// Submits the object's findable record and returns at once: [`PendingPut::placed`] says
+    /// where it went (before it is durable), [`PendingPut::wait`] waits until it is durable and
+    /// visible. Writes submitted after `placed` returns are acknowledged after this one.
+    pub fn finish_placed(mut self) -> Result<PendingPut> {
         let (kind, body) = if self.chunks.is_empty() {
             (RecordKind::Blob, std::mem::take(&mut self.buf))
         } else {
@@ -701,16 +708,50 @@ impl PutStream {
             body.len() <= self.buf_capacity,
             "manifest over the checked object limit"
         );
-        let (reply, rx) = mpsc::sync_channel(1);
+        let (placed, placed_rx) = mpsc::sync_channel(1);
+        let (commit, commit_rx) = mpsc::sync_channel(1);
         let append = Append {
             namespace: self.namespace,
             kind,
             key: std::mem::take(&mut self.key),
             body: Body::Owned(body),
             object_len: self.len,
-            reply: Reply::Commit(reply),
+            reply: Reply::CommitPlaced { placed, commit },
         };
-        send_and_wait_commit(&self.tx, append, rx)
+        self.tx
+            .send(Msg::Append(append))
+            .map_err(|_| Error::Closed)?;
+        Ok(PendingPut {
+            placed: placed_rx,
+            commit: commit_rx,
+        })
+    }
+}
+
+/// A findable record submitted by [`PutStream::finish_placed`].
+pub struct PendingPut {
+    placed: mpsc::Receiver<Committed>,
+    commit: mpsc::Receiver<Result<Committed>>,
+}
+
+impl PendingPut {
+    /// Where the record went (its seq, segment and offset), once it has a place in a batch;
+    /// not yet durable. A record refused before it got a place gives that error.
+    pub fn placed(&self) -> Result<Committed> {
+        match self.placed.recv() {
+            Ok(placed) => Ok(placed),
+            // Refused without a place: the commit channel has the reason.
+            Err(_) => match self.commit.recv() {
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(committed)) => Ok(committed),
+                Err(_) => Err(Error::Closed),
+            },
+        }
+    }
+
+    /// Waits until the record is durable and visible.
+    pub fn wait(self) -> Result<Committed> {
+        self.commit.recv().map_err(|_| Error::Closed)?
     }
 }
 

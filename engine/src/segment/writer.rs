@@ -55,6 +55,12 @@ pub(crate) enum Reply {
     Chunk(SyncSender<(Result<ChunkRef>, Vec<u8>)>),
     /// Findable records are answered after they are durable and published.
     Commit(SyncSender<Result<Committed>>),
+    /// As `Commit`, and also told where the record went as soon as it has its place in a
+    /// batch (before it is durable), so the caller can prepare what follows it.
+    CommitPlaced {
+        placed: SyncSender<Committed>,
+        commit: SyncSender<Result<Committed>>,
+    },
 }
 
 /// Bytes of a record body, owned or lent by a caller that waits for the reply.
@@ -526,7 +532,7 @@ impl Writer {
             &append.key,
             append.body.as_slice(),
         );
-        match append.reply {
+        let reply = match append.reply {
             Reply::Chunk(reply) => {
                 let location = ChunkRef {
                     segment_id: active.segment.id,
@@ -534,34 +540,43 @@ impl Writer {
                     len: append.body.len() as u64,
                 };
                 let _ = reply.send((Ok(location), append.body.into_reusable()));
+                return;
             }
-            Reply::Commit(reply) => {
-                let entry = Entry {
-                    kind: append.kind,
+            Reply::Commit(reply) => reply,
+            Reply::CommitPlaced { placed, commit } => {
+                let _ = placed.send(Committed {
                     seq,
-                    generation: 0,
                     segment_id: active.segment.id,
                     offset,
-                    object_len: append.object_len,
-                };
-                active.directory_bytes += directory_grows;
-                active.directory.push(DirEntry {
-                    namespace: append.namespace,
-                    kind: append.kind,
-                    generation: 0,
-                    seq,
-                    offset,
-                    object_len: append.object_len,
-                    key: append.key.clone(),
+                    len: append.object_len,
                 });
-                self.commits.push(PendingCommit {
-                    namespace: append.namespace,
-                    key: append.key,
-                    entry,
-                    reply,
-                });
+                commit
             }
-        }
+        };
+        let entry = Entry {
+            kind: append.kind,
+            seq,
+            generation: 0,
+            segment_id: active.segment.id,
+            offset,
+            object_len: append.object_len,
+        };
+        active.directory_bytes += directory_grows;
+        active.directory.push(DirEntry {
+            namespace: append.namespace,
+            kind: append.kind,
+            generation: 0,
+            seq,
+            offset,
+            object_len: append.object_len,
+            key: append.key.clone(),
+        });
+        self.commits.push(PendingCommit {
+            namespace: append.namespace,
+            key: append.key,
+            entry,
+            reply,
+        });
     }
 
     /// Seals the active segment (after all its batches are durable) and opens a new one.
@@ -620,7 +635,7 @@ fn fail(reply: Reply, error: Error) {
         Reply::Chunk(tx) => {
             let _ = tx.send((Err(error), Vec::new()));
         }
-        Reply::Commit(tx) => {
+        Reply::Commit(tx) | Reply::CommitPlaced { commit: tx, .. } => {
             let _ = tx.send(Err(error));
         }
     }
