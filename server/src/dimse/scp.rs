@@ -254,7 +254,6 @@ fn serve_association(
             peer: format!("{peer_ae_title}@{peer}"),
         },
         peer_ae_title,
-        peer_address: peer,
         stored: Vec::new(),
     };
     session.run()

@@ -11,7 +11,7 @@ use dicom_ul::association::server::ServerAssociation;
 use dicom_ul::pdu::{AbortRQServiceProviderReason, AbortRQSource, Pdu};
 use kuvasto_dimse::command::{field, status, Command};
 use kuvasto_engine::dicom::Tag;
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::sync::Arc;
 
 /// What every association of a listener shares.
@@ -29,7 +29,6 @@ pub struct Session<'s> {
     pub caller: Caller,
     /// The calling AE title.
     pub peer_ae_title: String,
-    pub peer_address: SocketAddr,
     /// Instances this association stored, announced when it ends.
     pub stored: Vec<super::notify::StoredInstance>,
 }
@@ -76,9 +75,8 @@ impl Session<'_> {
                     anyhow::bail!("aborted: {message}");
                 }
                 Err(LinkError::Association(e)) => {
-                    // Unreadable PDUs (wrong lengths, over the maximum) get an abort; a
-                    // vanished or silent peer just ends.
-                    self.abort(AbortRQServiceProviderReason::InvalidPduParameter);
+                    // dicom-ul could not send (or encode) a PDU: end the association.
+                    self.abort(AbortRQServiceProviderReason::ReasonNotSpecified);
                     anyhow::bail!("aborted: {e}");
                 }
                 Err(LinkError::Io(e))

@@ -108,19 +108,11 @@ pub fn c_store(session: &mut Session, context: u8, request: Command) -> Result<(
             }
             respond(session, status::SUCCESS, None)
         }
-        Err(failure) => {
-            tracing::info!(
-                peer = %session.caller.peer,
-                sop_instance = %sop_instance,
-                reason = format!("{:04X}", failure.reason.code()),
-                message = %failure.message,
-                "C-STORE refused"
-            );
-            respond(
-                session,
-                failure.reason.code(),
-                Some(error_comment(&failure.message)),
-            )
-        }
+        // The archive's audit line (`store-refused`) has recorded it.
+        Err(failure) => respond(
+            session,
+            failure.reason.code(),
+            Some(error_comment(&failure.message)),
+        ),
     }
 }
