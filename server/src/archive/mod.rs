@@ -9,6 +9,7 @@
 //! delete. Registers, purchased-service authorization and documents-first linking build on
 //! this module.
 
+pub mod identity;
 pub mod search;
 
 use kuvasto_engine::dicom::metadata::InstanceMetadata;
