@@ -7,6 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR="${BENCH_DIR:-target/bench-dicomweb}"
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
 SECONDS_STOW="${SECONDS_STOW:-15}"
 cargo build --release -q -p kuvasto-server -p kuvasto-benches --bin kuvasto --bin loadgen
 KUVASTO=target/release/kuvasto
@@ -24,15 +26,6 @@ start() {
 stop() {
     echo "peak server RSS: $(awk '/VmHWM/ {print int($2/1024)}' /proc/$server_pid/status) MiB"
     kill "$server_pid"; wait "$server_pid" || true
-}
-dd_baseline() { # bytes
-    local count=$(( $1 / 4194304 ))
-    echo -n "dd oflag=direct, $count x 4 MiB: "
-    dd if=/dev/zero of="$DIR/dd.bin" bs=4M count="$count" oflag=direct 2>&1 | tail -1
-    rm -f "$DIR/dd.bin"
-    echo -n "dd conv=fdatasync, $count x 4 MiB: "
-    dd if=/dev/zero of="$DIR/dd.bin" bs=4M count="$count" conv=fdatasync 2>&1 | tail -1
-    rm -f "$DIR/dd.bin"
 }
 stored_bytes() { grep -Eo '[0-9,]+ B in total' | tr -d ', B' | sed 's/intotal//'; }
 

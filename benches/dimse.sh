@@ -13,6 +13,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR="${BENCH_DIR:-target/bench-dimse}"
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
 COUNT="${COUNT:-4000}"
 SENDERS="${SENDERS:-8}"
 SIZE_BYTES="${SIZE_BYTES:-524288}"
@@ -98,10 +100,5 @@ send_all 11399 "dcmtk storescp (no fsync)" "$scp" 1
 kill "$scp"; wait "$scp" 2>/dev/null || true
 rm -rf "$DIR/storescp"
 
-count4=$((bytes / 4194304))
-echo -n "dd oflag=direct, $count4 x 4 MiB: "
-dd if=/dev/zero of="$DIR/dd.bin" bs=4M count="$count4" oflag=direct 2>&1 | tail -1
-rm -f "$DIR/dd.bin"
-echo -n "dd conv=fdatasync, $count4 x 4 MiB: "
-dd if=/dev/zero of="$DIR/dd.bin" bs=4M count="$count4" conv=fdatasync 2>&1 | tail -1
+dd_baseline "$bytes"
 rm -rf "$DIR"

@@ -326,14 +326,45 @@ impl Archive {
         if let Some(instance) = instance {
             filters.push(uid_filter(tags::SOP_INSTANCE_UID, instance)?);
         }
+        self.all_instances(Query {
+            level: Level::Instance,
+            filters,
+            offset: 0,
+            limit: None,
+        })
+    }
+
+    /// Every instance an instance-level query matches (all pages), audited once as a search.
+    pub fn search_instances(
+        &self,
+        caller: &Caller,
+        query: Query,
+    ) -> Result<Vec<InstanceHit>, ArchiveError> {
+        let filters = query.filters.len();
+        let hits = self.all_instances(query)?;
+        tracing::info!(
+            target: "audit",
+            action = "search",
+            organisation = %caller.organisation,
+            protocol = caller.protocol,
+            peer = %caller.peer,
+            level = ?Level::Instance,
+            filters,
+            hits = hits.len(),
+        );
+        Ok(hits)
+    }
+
+    /// Pages through an instance-level query to its end.
+    fn all_instances(&self, mut query: Query) -> Result<Vec<InstanceHit>, ArchiveError> {
+        if query.level != Level::Instance {
+            return Err(ArchiveError::BadQuery(
+                "only instance queries list instances".into(),
+            ));
+        }
         let mut out = Vec::new();
         loop {
-            let query = Query {
-                level: Level::Instance,
-                filters: filters.clone(),
-                offset: out.len(),
-                limit: None,
-            };
+            query.offset = out.len();
             let Hits::Instances(page) = self.store.query(&query)? else {
                 return Err(ArchiveError::BadQuery(
                     "instance query answered another level".into(),

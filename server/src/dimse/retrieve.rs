@@ -16,7 +16,7 @@ use dicom_ul::pdu::PDataValueType;
 use kuvasto_dimse::command::{field, status, Command, DATA_SET_PRESENT};
 use kuvasto_dimse::dataset::DataSet;
 use kuvasto_engine::index::attrs::{tags, Level};
-use kuvasto_engine::index::catalog::{Hits, InstanceHit};
+use kuvasto_engine::index::catalog::InstanceHit;
 
 pub const PATIENT_ROOT_MOVE: &str = "1.2.840.10008.5.1.4.1.2.1.2";
 pub const PATIENT_ROOT_GET: &str = "1.2.840.10008.5.1.4.1.2.1.3";
@@ -78,22 +78,10 @@ fn selected(
     let services = session.services;
     let (keys, _) = identifier_query(Level::Instance, identifier, &services.extra_tags)
         .map_err(|e| (status::UNABLE_TO_PROCESS, e))?;
-    let mut query = keys.query;
-    let mut out = Vec::new();
-    loop {
-        query.offset = out.len();
-        let hits = services
-            .archive
-            .search(&session.caller, &query)
-            .map_err(|e| (status::UNABLE_TO_PROCESS, e.to_string()))?;
-        let Hits::Instances(page) = hits else {
-            return Err((status::UNABLE_TO_PROCESS, "unexpected hit level".into()));
-        };
-        if page.is_empty() {
-            return Ok(out);
-        }
-        out.extend(page);
-    }
+    services
+        .archive
+        .search_instances(&session.caller, keys.query)
+        .map_err(|e| (status::UNABLE_TO_PROCESS, e.to_string()))
 }
 
 /// Sends one stored instance with C-STORE over `link` and waits for the response. A C-CANCEL
