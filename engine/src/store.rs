@@ -506,6 +506,22 @@ impl Store {
         self.shared.get(namespace, key)
     }
 
+    /// The keys of `namespace` that hold an object (not deleted), in byte order.
+    ///
+    /// For small namespaces whose holders keep their state in memory (the archive rules'
+    /// records); it walks the whole locator.
+    pub fn keys(&self, namespace: Namespace) -> Vec<Box<[u8]>> {
+        let mut keys: Vec<Box<[u8]>> = self
+            .shared
+            .read_index()
+            .iter()
+            .filter(|((ns, _), entry)| *ns == namespace && entry.kind != RecordKind::Tombstone)
+            .map(|((_, key), _)| key.clone())
+            .collect();
+        keys.sort_unstable();
+        keys
+    }
+
     /// Deletes `key` with a durable tombstone. `None` if there was nothing to delete.
     pub fn delete(&self, namespace: Namespace, key: &[u8]) -> Result<Option<Committed>> {
         Self::check_key(key)?;

@@ -46,6 +46,15 @@ pub struct ConfigArgs {
     /// The organisation local, unauthenticated requests act for (default "local").
     #[arg(long, env = "KUVASTO_ORGANISATION")]
     pub organisation: Option<String>,
+    /// `national` (the archive rules: identities, registers, documents first, validation)
+    /// or `standalone` (one organisation, no register rules; for a plain PACS-style archive
+    /// and local trials). Default: national.
+    #[arg(long, env = "KUVASTO_PROFILE")]
+    pub profile: Option<String>,
+    /// National profile: a study without its request or visit note is refused (`reject`,
+    /// the default) or held in quarantine (`quarantine`).
+    #[arg(long, env = "KUVASTO_DOCUMENTS_FIRST")]
+    pub documents_first: Option<String>,
     /// A stored SOP Instance UID arriving with different bytes: `reject` (default) or
     /// `replace`. Identical bytes are always accepted without a second copy.
     #[arg(long, env = "KUVASTO_DUPLICATES", value_parser = parse_duplicates)]
@@ -78,6 +87,10 @@ pub struct Config {
     pub http: HttpSection,
     pub dimse: DimseSection,
     pub archive: ArchiveSection,
+    /// Data controllers (national profile).
+    pub organisations: Vec<OrganisationSection>,
+    /// Callers and what they act for (national profile).
+    pub identities: Vec<IdentitySection>,
     /// Not in the file: from `--address-file` only.
     #[serde(skip)]
     pub address_file: Option<PathBuf>,
@@ -215,11 +228,57 @@ impl Peer {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ArchiveSection {
+    /// `national` or `standalone`.
+    pub profile: String,
+    /// Standalone: the organisation every caller acts for. National: this archive's own
+    /// id, the AuditSourceID of its audit messages.
     pub organisation: String,
     /// `reject` or `replace`.
     pub duplicates: String,
     /// Accept SOP classes the standard's registry does not list (private classes).
     pub accept_unknown_sop_classes: bool,
+    /// National: `reject` or `quarantine` a study whose request or visit note is not there.
+    pub documents_first: String,
+    /// National: validate PatientID, the examination code and the SOP class per content type.
+    pub validate: bool,
+    /// The examination nomenclature (TSV, `server/data/examination-codes.tsv` is the
+    /// format); empty: the built-in sample.
+    pub examination_codes_file: String,
+    /// Temporary patient id forms accepted besides personal identity codes (regular
+    /// expressions, matched against the whole PatientID).
+    pub temporary_id_patterns: Vec<String>,
+    /// Accept personal identity codes with individual number 900-999 (temporary codes).
+    pub accept_temporary_identity_codes: bool,
+    /// The attribute carrying a study's service event id (`GGGGEEEE`).
+    pub service_event_tag: String,
+}
+
+/// A data controller.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrganisationSection {
+    pub oid: String,
+    pub name: String,
+    /// `public` (1) or `private` (2).
+    pub controller_type: String,
+    /// Registers (OIDs) it controls; default one register with the organisation's OID.
+    #[serde(default)]
+    pub registers: Vec<String>,
+}
+
+/// A caller.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentitySection {
+    pub id: String,
+    pub organisation: String,
+    /// `system`, `portal`, `operator` or `registry`.
+    pub role: String,
+    #[serde(default)]
+    pub ae_titles: Vec<String>,
+    /// Bearer tokens (at least 16 characters each).
+    #[serde(default)]
+    pub tokens: Vec<String>,
 }
 
 impl Default for StorageSection {
@@ -265,9 +324,16 @@ impl Default for DimseSection {
 impl Default for ArchiveSection {
     fn default() -> Self {
         ArchiveSection {
+            profile: "national".into(),
             organisation: "local".into(),
             duplicates: "reject".into(),
             accept_unknown_sop_classes: false,
+            documents_first: "reject".into(),
+            validate: true,
+            examination_codes_file: String::new(),
+            temporary_id_patterns: Vec::new(),
+            accept_temporary_identity_codes: true,
+            service_event_tag: "00402016".into(),
         }
     }
 }
@@ -343,6 +409,12 @@ impl ConfigArgs {
         if let Some(v) = &self.organisation {
             config.archive.organisation = v.clone();
         }
+        if let Some(v) = &self.profile {
+            config.archive.profile = v.clone();
+        }
+        if let Some(v) = &self.documents_first {
+            config.archive.documents_first = v.clone();
+        }
         if let Some(v) = self.duplicates {
             config.archive.duplicates = match v {
                 DuplicatePolicy::Reject => "reject".into(),
@@ -406,7 +478,58 @@ impl Config {
             !self.archive.organisation.trim().is_empty(),
             "archive.organisation must not be empty"
         );
+        self.standalone()?;
+        crate::archive::DocumentsFirst::parse(&self.archive.documents_first)
+            .map_err(|e| anyhow::anyhow!("archive.documents_first: {e}"))?;
+        self.service_event_tag()?;
         Ok(())
+    }
+
+    /// Whether the standalone profile is chosen (`archive.profile`).
+    pub fn standalone(&self) -> anyhow::Result<bool> {
+        match self.archive.profile.trim() {
+            "national" => Ok(false),
+            "standalone" => Ok(true),
+            other => {
+                anyhow::bail!("archive.profile {other:?}: expected `national` or `standalone`")
+            }
+        }
+    }
+
+    pub fn service_event_tag(&self) -> anyhow::Result<Tag> {
+        parse_tag(&self.archive.service_event_tag)
+            .map_err(|e| anyhow::anyhow!("archive.service_event_tag: {e}"))
+    }
+
+    /// The identities directory of the chosen profile.
+    pub fn directory(&self) -> anyhow::Result<crate::archive::directory::Directory> {
+        use crate::archive::directory::{
+            ControllerType, Directory, DirectoryConfig, Identity, Organisation, Role,
+        };
+        if self.standalone()? {
+            return Ok(Directory::standalone(&self.archive.organisation));
+        }
+        let mut config = DirectoryConfig::default();
+        for o in &self.organisations {
+            config.organisations.push(Organisation {
+                oid: o.oid.trim().to_string(),
+                name: o.name.clone(),
+                controller_type: ControllerType::parse(&o.controller_type)
+                    .map_err(|e| anyhow::anyhow!("organisation {}: {e}", o.oid))?,
+                registers: o.registers.clone(),
+            });
+        }
+        for i in &self.identities {
+            config.identities.push(Identity {
+                id: i.id.clone(),
+                organisation: i.organisation.trim().to_string(),
+                role: Role::parse(&i.role)
+                    .map_err(|e| anyhow::anyhow!("identity {}: {e}", i.id))?,
+                ae_titles: i.ae_titles.clone(),
+                tokens: i.tokens.clone(),
+            });
+        }
+        Directory::national(config).map_err(|e| anyhow::anyhow!("identities: {e}"))
     }
 
     pub fn duplicate_policy(&self) -> anyhow::Result<DuplicatePolicy> {
@@ -414,12 +537,22 @@ impl Config {
             .map_err(|e| anyhow::anyhow!("archive.duplicates: {e}"))
     }
 
+    /// The extra indexed attributes: the configured ones, plus in the national profile the
+    /// service event attribute (the rules link studies by it).
     pub fn extra_tags(&self) -> anyhow::Result<Vec<Tag>> {
-        self.storage
+        let mut tags = self
+            .storage
             .index_extra_tags
             .iter()
             .map(|t| parse_tag(t).map_err(|e| anyhow::anyhow!("storage.index_extra_tags: {e}")))
-            .collect()
+            .collect::<anyhow::Result<Vec<Tag>>>()?;
+        if !self.standalone()? {
+            let tag = self.service_event_tag()?;
+            if !tags.contains(&tag) {
+                tags.push(tag);
+            }
+        }
+        Ok(tags)
     }
 
     /// The engine's configuration.
@@ -466,7 +599,47 @@ mod tests {
         assert_eq!(config.storage.segment_size_mib, 1024, "default kept");
         assert_eq!(config.http.listen.port(), 9001, "flag wins over file");
         assert_eq!(config.duplicate_policy().unwrap(), DuplicatePolicy::Replace);
-        assert_eq!(config.extra_tags().unwrap(), vec![Tag::new(0x0018, 0x0050)]);
+        // The national profile (the default) also indexes the service event attribute.
+        assert_eq!(
+            config.extra_tags().unwrap(),
+            vec![Tag::new(0x0018, 0x0050), Tag::new(0x0040, 0x2016)]
+        );
+        let mut standalone = config.clone();
+        standalone.archive.profile = "standalone".into();
+        assert_eq!(
+            standalone.extra_tags().unwrap(),
+            vec![Tag::new(0x0018, 0x0050)]
+        );
+    }
+
+    #[test]
+    fn profiles_and_identities_are_checked() {
+        let err = Config::from_toml("[archive]\nprofile = \"regional\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("archive.profile"), "{err:#}");
+        let err = Config::from_toml("[archive]\ndocuments_first = \"later\"\n").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("archive.documents_first"),
+            "{err:#}"
+        );
+        // The national profile needs identities; the standalone one does not.
+        let err = Config::default().directory().unwrap_err();
+        assert!(format!("{err:#}").contains("standalone"), "{err:#}");
+        let config = Config::from_toml(
+            "[archive]\nprofile = \"national\"\n\
+             [[organisations]]\noid = \"1.2.246.10.1\"\nname = \"County\"\ncontroller_type = \"public\"\n\
+             [[identities]]\nid = \"pacs\"\norganisation = \"1.2.246.10.1\"\nrole = \"system\"\nae_titles = [\"PACS\"]\n",
+        )
+        .unwrap();
+        let directory = config.directory().unwrap();
+        assert_eq!(directory.by_ae_title("PACS").unwrap().id, "pacs");
+        assert!(directory.by_ae_title("OTHER").is_none());
+        let err = Config::from_toml(
+            "[[organisations]]\noid = \"1.2.246.10.1\"\nname = \"County\"\ncontroller_type = \"state\"\n",
+        )
+        .unwrap()
+        .directory()
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("controller type"), "{err:#}");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - [`dicomweb`]: STOW-RS, QIDO-RS, WADO-RS and DELETE over HTTP;
 //! - [`serve`]: `kuvasto serve`, the runtime, listeners and graceful shutdown.
 
+pub mod api;
 pub mod archive;
 pub mod config;
 pub mod dicomweb;

@@ -32,6 +32,48 @@ pub fn open_store(config: &Config) -> anyhow::Result<Store> {
     Ok(store)
 }
 
+/// The archive rules over an open store, as the configuration's profile says.
+pub fn open_archive(config: &Config, store: Store) -> anyhow::Result<Archive> {
+    use crate::archive::validation::{Nomenclature, PatientIdPolicy};
+    let standalone = config.standalone()?;
+    let directory = config.directory()?;
+    let nomenclature = if config.archive.examination_codes_file.is_empty() {
+        Nomenclature::builtin()
+    } else {
+        Nomenclature::load(std::path::Path::new(&config.archive.examination_codes_file))
+            .map_err(|e| anyhow::anyhow!("archive.examination_codes_file: {e}"))?
+    };
+    let patient_ids = PatientIdPolicy::new(
+        &config.archive.temporary_id_patterns,
+        config.archive.accept_temporary_identity_codes,
+    )
+    .map_err(|e| anyhow::anyhow!("archive.temporary_id_patterns: {e}"))?;
+    let rules = Rules {
+        duplicates: config.duplicate_policy()?,
+        accept_unknown_sop_classes: config.archive.accept_unknown_sop_classes,
+        documents_first: crate::archive::DocumentsFirst::parse(&config.archive.documents_first)
+            .map_err(|e| anyhow::anyhow!("archive.documents_first: {e}"))?,
+        validate: !standalone && config.archive.validate,
+        service_event_tag: config.service_event_tag()?,
+        audit_source_id: config.archive.organisation.clone(),
+    };
+    tracing::info!(
+        profile = %config.archive.profile,
+        documents_first = %config.archive.documents_first,
+        validate = rules.validate,
+        examination_codes = nomenclature.len(),
+        "archive rules"
+    );
+    Archive::open(crate::archive::ArchiveParts {
+        store,
+        rules,
+        directory,
+        nomenclature,
+        patient_ids,
+    })
+    .context("opening the archive rules' state and audit log")
+}
+
 /// Runs the server until a termination signal.
 pub fn serve(config: Config) -> anyhow::Result<()> {
     let store = open_store(&config)?;
@@ -42,13 +84,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         bytes = stats.segment_bytes,
         "store ready"
     );
-    let archive = Arc::new(Archive::new(
-        store,
-        Rules {
-            duplicates: config.duplicate_policy()?,
-            accept_unknown_sop_classes: config.archive.accept_unknown_sop_classes,
-        },
-    ));
+    let archive = Arc::new(open_archive(&config, store)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("kuvasto-http")
@@ -59,7 +95,6 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let state = Arc::new(AppState {
         archive: archive.clone(),
         http: config.http.clone(),
-        organisation: config.archive.organisation.clone(),
         extra_tags: config.extra_tags()?,
         bound: std::sync::OnceLock::new(),
         slots: Arc::new(tokio::sync::Semaphore::new(config.http.requests_max)),
@@ -70,7 +105,6 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         archive: archive.clone(),
         config: config.dimse.clone(),
         extra_tags: config.extra_tags()?,
-        organisation: config.archive.organisation.clone(),
         notifier: notifier.clone(),
     })?;
     if let Some(path) = &config.dimse_address_file {
@@ -88,10 +122,13 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     runtime.shutdown_timeout(Duration::from_secs(1));
     served?;
     match Arc::try_unwrap(archive) {
-        Ok(archive) => {
-            archive.into_store().close();
-            tracing::info!("store closed cleanly");
-        }
+        Ok(archive) => match archive.into_store() {
+            Some(store) => {
+                store.close();
+                tracing::info!("store closed cleanly");
+            }
+            None => tracing::warn!("the store was still held at shutdown; it closes as the process exits"),
+        },
         Err(_) => tracing::warn!(
             "requests still held the store after the grace period; it closes as the process exits (nothing unacknowledged becomes visible)"
         ),

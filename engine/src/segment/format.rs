@@ -174,6 +174,9 @@ impl Namespace {
     pub const DOCUMENT: Namespace = Namespace(4);
     /// Engine-internal state (indices, checkpoints).
     pub const INTERNAL: Namespace = Namespace(5);
+    /// The archive rules' records: documents' registrations, studies' registers and links,
+    /// authorizations, disclosure prohibitions, quarantine and IOCM state.
+    pub const ARCHIVE: Namespace = Namespace(6);
 }
 
 /// The fixed 64 bytes at the start of every record.

@@ -18,7 +18,7 @@ mod json;
 pub mod multipart;
 mod qido;
 mod stow;
-mod wado;
+pub(crate) mod wado;
 
 use crate::archive::{Archive, Caller};
 use crate::config::HttpSection;
@@ -37,7 +37,6 @@ pub const PREFIX: &str = "/dicom-web";
 pub struct AppState {
     pub archive: Arc<Archive>,
     pub http: HttpSection,
-    pub organisation: String,
     /// The configured extra indexed attributes (searchable besides the standard ones).
     pub extra_tags: Vec<kuvasto_engine::dicom::Tag>,
     /// The address the listener is bound to (set once listening).
@@ -50,13 +49,89 @@ pub struct AppState {
 
 pub type State = Arc<AppState>;
 
+/// The header a portal identity names the patient it acts for in.
+pub const ON_BEHALF_OF: &str = "x-on-behalf-of";
+
+/// The authenticated caller of a request: `Authorization: Bearer <token>` of a configured
+/// identity (every caller, in the standalone profile); a portal identity also names its
+/// patient in `X-On-Behalf-Of`. Anything else is answered 401 (or 400) before the handler.
+pub struct Who(pub Caller);
+
+impl axum::extract::FromRequestParts<State> for Who {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &State,
+    ) -> Result<Who, Response> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.to_string())
+            .unwrap_or_default();
+        state
+            .authenticate(&parts.headers, peer, "dicomweb")
+            .map(Who)
+            .map_err(IntoResponse::into_response)
+    }
+}
+
 impl AppState {
-    fn caller(&self, peer: &ConnectInfo<SocketAddr>) -> Caller {
-        Caller {
-            organisation: self.organisation.clone(),
-            protocol: "dicomweb",
-            peer: peer.0.to_string(),
-        }
+    /// Identifies the caller of a request (see [`Who`]).
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        peer: String,
+        protocol: &'static str,
+    ) -> Result<Caller, Refusal> {
+        let directory = self.archive.directory();
+        let token = match headers.get(header::AUTHORIZATION) {
+            None => None,
+            Some(value) => {
+                let text = value.to_str().unwrap_or_default();
+                match text.split_once(' ') {
+                    Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                        Some(token.trim())
+                    }
+                    _ => {
+                        return Err(Refusal::unauthorized(
+                            "the Authorization header must be `Bearer <token>`",
+                        ))
+                    }
+                }
+            }
+        };
+        let Some(identity) = directory.by_token(token) else {
+            return Err(Refusal::unauthorized(match token {
+                None => "this archive needs a bearer token (Authorization: Bearer <token>)",
+                Some(_) => "the bearer token is not one of this archive's identities",
+            }));
+        };
+        let on_behalf_of = match identity.role {
+            crate::archive::directory::Role::Portal => {
+                let patient = headers
+                    .get(ON_BEHALF_OF)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty() && p.len() <= 64);
+                match patient {
+                    Some(p) => Some(p.to_string()),
+                    None => {
+                        return Err(Refusal::new(
+                            StatusCode::BAD_REQUEST,
+                            "a portal identity names the patient it acts for in X-On-Behalf-Of",
+                        ))
+                    }
+                }
+            }
+            _ => None,
+        };
+        Ok(Caller {
+            identity,
+            on_behalf_of,
+            protocol,
+            peer,
+        })
     }
 
     /// `http(s)://host/dicom-web`, for RetrieveURL and BulkDataURI values.
@@ -112,9 +187,24 @@ impl Refusal {
     }
 }
 
+impl Refusal {
+    /// 401 with a `WWW-Authenticate: Bearer` challenge.
+    pub fn unauthorized(reason: impl Into<String>) -> Refusal {
+        Refusal::new(StatusCode::UNAUTHORIZED, reason)
+    }
+}
+
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        problem(self.status, self.reason)
+        let unauthorized = self.status == StatusCode::UNAUTHORIZED;
+        let mut response = problem(self.status, self.reason);
+        if unauthorized {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"kuvasto\""),
+            );
+        }
+        response
     }
 }
 
@@ -164,6 +254,7 @@ pub fn router(state: State) -> Router {
         .fallback(|| async { problem(StatusCode::NOT_FOUND, "no such DICOMweb resource") });
     Router::new()
         .nest(PREFIX, routes)
+        .nest(crate::api::PREFIX, crate::api::routes())
         .fallback(|| async {
             problem(
                 StatusCode::NOT_FOUND,

@@ -1,15 +1,14 @@
 //! QIDO-RS (PS3.18 10.6): searches for studies, series and instances, answered from the
 //! catalog alone (no object or metadata record is read).
 
-use super::{json, problem, State};
+use super::{json, problem, State, Who};
 use crate::archive::search::{KeyOutcome, SearchKeys};
-use axum::extract::{ConnectInfo, Path, RawQuery};
+use axum::extract::{Path, RawQuery};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kuvasto_engine::dicom::Tag;
 use kuvasto_engine::index::attrs::{tags, Level};
 use kuvasto_engine::index::catalog::Query;
-use std::net::SocketAddr;
 
 type AxState = axum::extract::State<State>;
 
@@ -162,7 +161,7 @@ fn parse(
 
 async fn search(
     state: State,
-    peer: ConnectInfo<SocketAddr>,
+    Who(caller): Who,
     headers: HeaderMap,
     level: Level,
     raw: Option<String>,
@@ -175,17 +174,13 @@ async fn search(
         Ok(s) => s,
         Err(e) => return problem(StatusCode::BAD_REQUEST, e),
     };
-    let caller = state.caller(&peer);
     let base_url = state.base_url(&headers);
     let st = state.clone();
     let query = search.query.clone();
     let result = tokio::task::spawn_blocking(move || st.archive.search(&caller, &query)).await;
     let mut hits = match result {
         Ok(Ok(hits)) => hits,
-        Ok(Err(crate::archive::ArchiveError::BadQuery(e))) => {
-            return problem(StatusCode::BAD_REQUEST, e)
-        }
-        Ok(Err(e)) => return problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(Err(e)) => return super::wado::archive_error(e).into_response(),
         Err(e) => return problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     let mut warnings = search.warnings;
@@ -230,56 +225,56 @@ fn truncate(hits: &mut kuvasto_engine::index::catalog::Hits, n: usize) {
 
 pub async fn studies(
     axum::extract::State(state): AxState,
-    peer: ConnectInfo<SocketAddr>,
+    Who(caller): Who,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    search(state, peer, headers, Level::Study, raw, vec![]).await
+    search(state, Who(caller), headers, Level::Study, raw, vec![]).await
 }
 
 pub async fn all_series(
     axum::extract::State(state): AxState,
-    peer: ConnectInfo<SocketAddr>,
+    Who(caller): Who,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    search(state, peer, headers, Level::Series, raw, vec![]).await
+    search(state, Who(caller), headers, Level::Series, raw, vec![]).await
 }
 
 pub async fn all_instances(
     axum::extract::State(state): AxState,
-    peer: ConnectInfo<SocketAddr>,
+    Who(caller): Who,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    search(state, peer, headers, Level::Instance, raw, vec![]).await
+    search(state, Who(caller), headers, Level::Instance, raw, vec![]).await
 }
 
 pub async fn series_of_study(
     axum::extract::State(state): AxState,
-    peer: ConnectInfo<SocketAddr>,
+    Who(caller): Who,
     Path(study): Path<String>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Response {
     let fixed = vec![(tags::STUDY_INSTANCE_UID, study)];
-    search(state, peer, headers, Level::Series, raw, fixed).await
+    search(state, Who(caller), headers, Level::Series, raw, fixed).await
 }
 
 pub async fn instances_of_study(
     axum::extract::State(state): AxState,
-    peer: ConnectInfo<SocketAddr>,
+    Who(caller): Who,
     Path(study): Path<String>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Response {
     let fixed = vec![(tags::STUDY_INSTANCE_UID, study)];
-    search(state, peer, headers, Level::Instance, raw, fixed).await
+    search(state, Who(caller), headers, Level::Instance, raw, fixed).await
 }
 
 pub async fn instances_of_series(
     axum::extract::State(state): AxState,
-    peer: ConnectInfo<SocketAddr>,
+    Who(caller): Who,
     Path((study, series)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
@@ -288,7 +283,7 @@ pub async fn instances_of_series(
         (tags::STUDY_INSTANCE_UID, study),
         (tags::SERIES_INSTANCE_UID, series),
     ];
-    search(state, peer, headers, Level::Instance, raw, fixed).await
+    search(state, Who(caller), headers, Level::Instance, raw, fixed).await
 }
 
 #[cfg(test)]

@@ -6,16 +6,15 @@
 use super::multipart::{
     boundary_of, Event, MediaType, MultipartLimits, MultipartParser, ParseOrSink,
 };
-use super::{accept, problem, State};
+use super::{accept, problem, State, Who};
 use crate::archive::{Archive, Caller, Failure, FailureReason, Stored, Upload};
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path};
+use axum::extract::Path;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use kuvasto_engine::dicom::json::write_json_string as string;
-use std::net::SocketAddr;
 use tokio::sync::mpsc;
 
 /// Messages of failed parts repeated in `Warning` headers, at most.
@@ -23,21 +22,21 @@ const WARNINGS_MAX: usize = 8;
 
 pub async fn store(
     axum::extract::State(state): axum::extract::State<State>,
-    peer: ConnectInfo<SocketAddr>,
+    Who(caller): Who,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    run(state, peer, None, headers, body).await
+    run(state, Who(caller), None, headers, body).await
 }
 
 pub async fn store_in_study(
     axum::extract::State(state): axum::extract::State<State>,
-    peer: ConnectInfo<SocketAddr>,
+    Who(caller): Who,
     Path(study): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    run(state, peer, Some(study), headers, body).await
+    run(state, Who(caller), Some(study), headers, body).await
 }
 
 /// One part that was not stored.
@@ -58,7 +57,7 @@ struct Report {
 
 async fn run(
     state: State,
-    peer: ConnectInfo<SocketAddr>,
+    Who(caller): Who,
     study: Option<String>,
     headers: HeaderMap,
     mut body: Body,
@@ -108,7 +107,6 @@ async fn run(
     if let Err(refusal) = accept::require_json(&headers, "the store response") {
         return refusal.into_response();
     }
-    let caller = state.caller(&peer);
     let base_url = state.base_url(&headers);
     let limits = MultipartLimits {
         part_header_bytes_max: state.http.part_header_bytes_max,

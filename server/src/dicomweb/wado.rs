@@ -3,9 +3,9 @@
 
 use super::accept::{self, Range};
 use super::body::{self, ChannelBody, Sender};
-use super::{problem, Refusal, State};
+use super::{problem, Refusal, State, Who};
 use crate::archive::{Archive, ArchiveError, Caller, Scope};
-use axum::extract::{ConnectInfo, Path};
+use axum::extract::Path;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -16,7 +16,6 @@ use kuvasto_engine::dicom::metadata::InstanceMetadata;
 use kuvasto_engine::dicom::Tag;
 use kuvasto_engine::index::catalog::InstanceHit;
 use kuvasto_engine::{Error as EngineError, Object};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -41,9 +40,13 @@ fn internal(e: impl std::fmt::Display) -> Refusal {
     Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
-fn archive_error(e: ArchiveError) -> Refusal {
+pub(crate) fn archive_error(e: ArchiveError) -> Refusal {
     match e {
         ArchiveError::BadQuery(why) => Refusal::new(StatusCode::BAD_REQUEST, why),
+        ArchiveError::Denied(why) => Refusal::new(StatusCode::FORBIDDEN, why),
+        ArchiveError::NotFound(why) => Refusal::new(StatusCode::NOT_FOUND, why),
+        ArchiveError::Conflict(why) => Refusal::new(StatusCode::CONFLICT, why),
+        ArchiveError::Audit(e) => Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         other => internal(other),
     }
 }
@@ -93,7 +96,7 @@ fn not_acceptable(what: &str, syntaxes: &[&str]) -> Response {
 
 async fn retrieve(
     state: State,
-    peer: ConnectInfo<SocketAddr>,
+    Who(caller): Who,
     headers: HeaderMap,
     study: String,
     series: Option<String>,
@@ -111,8 +114,9 @@ async fn retrieve(
     };
     let archive = state.archive.clone();
     let (s2, se2, i2) = (study.clone(), series.clone(), instance.clone());
+    let c2 = caller.clone();
     let hits = match tokio::task::spawn_blocking(move || {
-        archive.instances(&s2, se2.as_deref(), i2.as_deref())
+        archive.instances(&c2, &s2, se2.as_deref(), i2.as_deref())
     })
     .await
     {
@@ -130,7 +134,6 @@ async fn retrieve(
     let Some(form) = negotiate_instances(&ranges, &syntaxes, hits.len()) else {
         return not_acceptable("the instance", &syntaxes);
     };
-    let caller = state.caller(&peer);
     let boundary = boundary();
     let (tx, body) = body::channel(slot);
     let archive = state.archive.clone();
@@ -215,29 +218,37 @@ fn send_instances(
 
 pub async fn study(
     axum::extract::State(state): AxState,
-    peer: ConnectInfo<SocketAddr>,
+    Who(caller): Who,
     Path(study): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    retrieve(state, peer, headers, study, None, None).await
+    retrieve(state, Who(caller), headers, study, None, None).await
 }
 
 pub async fn series(
     axum::extract::State(state): AxState,
-    peer: ConnectInfo<SocketAddr>,
+    Who(caller): Who,
     Path((study, series)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    retrieve(state, peer, headers, study, Some(series), None).await
+    retrieve(state, Who(caller), headers, study, Some(series), None).await
 }
 
 pub async fn instance(
     axum::extract::State(state): AxState,
-    peer: ConnectInfo<SocketAddr>,
+    Who(caller): Who,
     Path((study, series, instance)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    retrieve(state, peer, headers, study, Some(series), Some(instance)).await
+    retrieve(
+        state,
+        Who(caller),
+        headers,
+        study,
+        Some(series),
+        Some(instance),
+    )
+    .await
 }
 
 // ---- metadata ----
@@ -307,7 +318,7 @@ pub fn metadata_json(
 
 async fn metadata(
     state: State,
-    peer: ConnectInfo<SocketAddr>,
+    Who(caller): Who,
     headers: HeaderMap,
     study: String,
     series: Option<String>,
@@ -322,12 +333,11 @@ async fn metadata(
             "the server is shutting down",
         );
     };
-    let caller = state.caller(&peer);
     let base_url = state.base_url(&headers);
     let archive = state.archive.clone();
     let result = tokio::task::spawn_blocking(move || -> Result<Option<String>, Refusal> {
         let hits = archive
-            .instances(&study, series.as_deref(), instance.as_deref())
+            .instances(&caller, &study, series.as_deref(), instance.as_deref())
             .map_err(archive_error)?;
         if hits.is_empty() {
             return Err(Refusal::new(
@@ -375,29 +385,37 @@ async fn metadata(
 
 pub async fn study_metadata(
     axum::extract::State(state): AxState,
-    peer: ConnectInfo<SocketAddr>,
+    Who(caller): Who,
     Path(study): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    metadata(state, peer, headers, study, None, None).await
+    metadata(state, Who(caller), headers, study, None, None).await
 }
 
 pub async fn series_metadata(
     axum::extract::State(state): AxState,
-    peer: ConnectInfo<SocketAddr>,
+    Who(caller): Who,
     Path((study, series)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    metadata(state, peer, headers, study, Some(series), None).await
+    metadata(state, Who(caller), headers, study, Some(series), None).await
 }
 
 pub async fn instance_metadata(
     axum::extract::State(state): AxState,
-    peer: ConnectInfo<SocketAddr>,
+    Who(caller): Who,
     Path((study, series, instance)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    metadata(state, peer, headers, study, Some(series), Some(instance)).await
+    metadata(
+        state,
+        Who(caller),
+        headers,
+        study,
+        Some(series),
+        Some(instance),
+    )
+    .await
 }
 
 // ---- frames and bulk data ----
@@ -521,7 +539,7 @@ fn frame_bytes(
 
 pub async fn frames(
     axum::extract::State(state): AxState,
-    peer: ConnectInfo<SocketAddr>,
+    Who(caller): Who,
     Path((study, series, instance, list)): Path<(String, String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
@@ -539,7 +557,6 @@ pub async fn frames(
             "the server is shutting down",
         );
     };
-    let caller = state.caller(&peer);
     let base_url = state.base_url(&headers);
     let archive = state.archive.clone();
     let opened = {
@@ -668,7 +685,7 @@ fn open_in(
 
 pub async fn bulkdata(
     axum::extract::State(state): AxState,
-    peer: ConnectInfo<SocketAddr>,
+    Who(caller): Who,
     Path((study, series, instance, tag)): Path<(String, String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
@@ -702,7 +719,6 @@ pub async fn bulkdata(
             "the server is shutting down",
         );
     };
-    let caller = state.caller(&peer);
     let archive = state.archive.clone();
     let opened = {
         let (study, series, instance) = (study.clone(), series.clone(), instance.clone());
@@ -788,8 +804,7 @@ pub async fn bulkdata(
 
 // ---- delete ----
 
-async fn delete(state: State, peer: ConnectInfo<SocketAddr>, scope: Scope) -> Response {
-    let caller = state.caller(&peer);
+async fn delete(state: State, caller: Caller, scope: Scope) -> Response {
     let archive = state.archive.clone();
     let result = tokio::task::spawn_blocking(move || archive.delete(&caller, scope)).await;
     match result {
@@ -802,24 +817,24 @@ async fn delete(state: State, peer: ConnectInfo<SocketAddr>, scope: Scope) -> Re
 
 pub async fn delete_study(
     axum::extract::State(state): AxState,
-    peer: ConnectInfo<SocketAddr>,
+    Who(caller): Who,
     Path(study): Path<String>,
 ) -> Response {
-    delete(state, peer, Scope::Study(study)).await
+    delete(state, caller, Scope::Study(study)).await
 }
 
 pub async fn delete_series(
     axum::extract::State(state): AxState,
-    peer: ConnectInfo<SocketAddr>,
+    Who(caller): Who,
     Path((study, series)): Path<(String, String)>,
 ) -> Response {
-    delete(state, peer, Scope::Series(study, series)).await
+    delete(state, caller, Scope::Series(study, series)).await
 }
 
 pub async fn delete_instance(
     axum::extract::State(state): AxState,
-    peer: ConnectInfo<SocketAddr>,
+    Who(caller): Who,
     Path((study, series, instance)): Path<(String, String, String)>,
 ) -> Response {
-    delete(state, peer, Scope::Instance(study, series, instance)).await
+    delete(state, caller, Scope::Instance(study, series, instance)).await
 }

@@ -44,7 +44,11 @@ pub fn verify(
     sop_class: &str,
     sop_instance: &str,
 ) -> Result<(), u16> {
-    let (object, metadata) = match archive.open_instance(caller, sop_instance, "commit-verify") {
+    let (object, metadata) = match archive.open_instance(
+        caller,
+        sop_instance,
+        crate::archive::COMMIT_VERIFY,
+    ) {
         Ok(Some(found)) => found,
         Ok(None) => return Err(reason::NO_SUCH_OBJECT_INSTANCE),
         Err(e) => {
@@ -86,16 +90,21 @@ fn event_information(
             }
         }
     }
-    tracing::info!(
-        target: "audit",
-        action = "storage-commitment",
-        organisation = %caller.organisation,
-        protocol = caller.protocol,
-        peer = %caller.peer,
-        transaction = %request.text(TRANSACTION_UID).unwrap_or_default(),
-        committed = committed.len(),
-        failed = failed.len(),
+    let detail = format!(
+        "transaction={} committed={} failed={}",
+        request.text(TRANSACTION_UID).unwrap_or_default(),
+        committed.len(),
+        failed.len()
     );
+    // Each instance's verification was audited as it was read; this records the answer.
+    let outcome = if failed.is_empty() {
+        crate::archive::audit::Outcome::Success
+    } else {
+        crate::archive::audit::Outcome::Refused
+    };
+    if let Err(e) = archive.audit(caller, "storage-commitment", outcome, "", "", "", detail) {
+        tracing::error!(error = %e, "a storage commitment could not be audited");
+    }
     let mut info = DataSet::new();
     info.put_text(
         TRANSACTION_UID,

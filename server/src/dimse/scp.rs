@@ -24,8 +24,13 @@ use std::time::{Duration, Instant};
 pub const VERIFICATION: &str = "1.2.840.10008.1.1";
 
 /// Calling AE titles allowed to associate (all when the list is empty).
+/// Calling AE titles allowed to associate: any (standalone with no list), or exactly these
+/// (the national profile's identities, or the standalone list).
 #[derive(Debug, Clone)]
-struct CallingAeTitles(Vec<String>);
+struct CallingAeTitles {
+    any: bool,
+    titles: Vec<String>,
+}
 
 impl AccessControl for CallingAeTitles {
     fn check_access(
@@ -35,7 +40,7 @@ impl AccessControl for CallingAeTitles {
         _called_ae_title: &str,
         _user_identity: Option<&dicom_ul::pdu::UserIdentity>,
     ) -> Result<(), AssociationRJServiceUserReason> {
-        if self.0.is_empty() || self.0.iter().any(|t| t == calling_ae_title.trim()) {
+        if self.any || self.titles.iter().any(|t| t == calling_ae_title.trim()) {
             Ok(())
         } else {
             Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized)
@@ -102,7 +107,7 @@ impl Listener {
         // (0122 for a storage class the archive does not keep). Transfer syntaxes: the first
         // one proposed that the transfer syntax registry knows.
         let options: Options = ServerAssociationOptions::new()
-            .ae_access_control(CallingAeTitles(config.calling_ae_titles.clone()))
+            .ae_access_control(calling_ae_titles(&services))
             .with_negotiation(AcceptProposedRoles)
             .ae_title(config.ae_title.clone())
             .promiscuous(true)
@@ -208,6 +213,21 @@ fn accept(
     }
 }
 
+fn calling_ae_titles(services: &Services) -> CallingAeTitles {
+    let directory = services.archive.directory();
+    if directory.is_standalone() {
+        CallingAeTitles {
+            any: services.config.calling_ae_titles.is_empty(),
+            titles: services.config.calling_ae_titles.clone(),
+        }
+    } else {
+        CallingAeTitles {
+            any: false,
+            titles: directory.ae_titles(),
+        }
+    }
+}
+
 /// A-ASSOCIATE-RJ, transient, service provider (presentation): local limit exceeded — sent
 /// without waiting for the request, so a full listener never blocks on a peer.
 fn refuse_busy(mut stream: TcpStream) {
@@ -245,11 +265,18 @@ fn serve_association(
     association.inner_stream().set_write_timeout(Some(idle))?;
     let peer_ae_title = association.peer_ae_title().trim().to_string();
     tracing::info!(%peer, calling = %peer_ae_title, contexts = association.presentation_contexts().len(), "DIMSE association accepted");
+    // The access control let only known callers in; the identity is looked up again here.
+    let identity = services
+        .archive
+        .directory()
+        .by_ae_title(&peer_ae_title)
+        .ok_or_else(|| anyhow::anyhow!("calling AE title {peer_ae_title} has no identity"))?;
     let session = Session {
         link: super::link::Link::new(association),
         services,
         caller: Caller {
-            organisation: services.organisation.clone(),
+            identity,
+            on_behalf_of: None,
             protocol: "dimse",
             peer: format!("{peer_ae_title}@{peer}"),
         },

@@ -19,7 +19,6 @@ pub struct Services {
     pub archive: Arc<Archive>,
     pub config: DimseSection,
     pub extra_tags: Vec<Tag>,
-    pub organisation: String,
     pub notifier: Arc<super::notify::Notifier>,
 }
 

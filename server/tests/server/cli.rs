@@ -17,6 +17,7 @@ fn serve_runs_until_sigterm_and_closes_cleanly() {
     let data = dir.path().join("data");
     let mut child = kuvasto()
         .arg("serve")
+        .args(["--profile", "standalone"])
         .arg("--data-dir")
         .arg(&data)
         .arg("--http-listen")

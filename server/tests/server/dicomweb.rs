@@ -50,6 +50,13 @@ impl Server {
             .arg("127.0.0.1:0")
             .arg("--dimse-address-file")
             .arg(dir.path().join("dimse-addr"))
+            // The earlier suites test protocols, not the archive rules: the standalone
+            // profile, unless a test names one.
+            .args(if extra.contains(&"--profile") {
+                &[][..]
+            } else {
+                &["--profile", "standalone"][..]
+            })
             .args(extra)
             .env("RUST_LOG", "warn")
             .stderr(Stdio::inherit())
