@@ -110,15 +110,16 @@ pub fn register_right(
             Some(gap) => gaps.push(gap),
         }
     }
+    // The reason comes first: DIMSE carries it in a 64-character ErrorComment.
     if gaps.is_empty() {
         Err(format!(
-            "organisation {organisation} neither controls register {register} (controller {controller}) nor holds an authorization for it"
+            "no authorization: organisation {organisation} neither controls register {register} (controller {controller}) nor holds an authorization for it"
         ))
     } else {
         Err(format!(
-            "organisation {organisation} may not {} register {register}: {}",
+            "{}; so organisation {organisation} may not {} register {register}",
+            gaps.join("; "),
             right.name(),
-            gaps.join("; ")
         ))
     }
 }

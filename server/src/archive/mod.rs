@@ -630,11 +630,13 @@ impl Archive {
     }
 
     /// Every instance of a study, a series or one instance (all pages), in catalog order,
-    /// that the caller may see. A study the caller may not read is [`ArchiveError::Denied`]
-    /// (audited); a study with nothing visible is an empty list.
+    /// that the caller may see, for `what` (the audited action). A study the caller may not
+    /// read is [`ArchiveError::Denied`] (audited); a study with nothing visible is an empty
+    /// list.
     pub fn instances(
         &self,
         caller: &Caller,
+        what: &'static str,
         study: &str,
         series: Option<&str>,
         instance: Option<&str>,
@@ -659,7 +661,7 @@ impl Archive {
             let patient = hits[0].attrs.patient_id.clone();
             self.audit(
                 caller,
-                "read",
+                what,
                 Outcome::Refused,
                 &patient,
                 study,
@@ -821,7 +823,7 @@ impl Archive {
             )?;
             return Err(ArchiveError::Denied(reason.into()));
         }
-        let hits = self.instances(caller, study, series, sop)?;
+        let hits = self.instances(caller, "delete", study, series, sop)?;
         let mut deleted = 0;
         for hit in &hits {
             if self

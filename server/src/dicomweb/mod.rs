@@ -69,8 +69,13 @@ impl axum::extract::FromRequestParts<State> for Who {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.to_string())
             .unwrap_or_default();
+        let protocol = if parts.uri.path().starts_with(crate::api::PREFIX) {
+            "api"
+        } else {
+            "dicomweb"
+        };
         state
-            .authenticate(&parts.headers, peer, "dicomweb")
+            .authenticate(&parts.headers, peer, protocol)
             .map(Who)
             .map_err(IntoResponse::into_response)
     }
@@ -102,6 +107,7 @@ impl AppState {
             }
         };
         let Some(identity) = directory.by_token(token) else {
+            tracing::warn!(%peer, protocol, token_given = token.is_some(), "request refused: no identity");
             return Err(Refusal::unauthorized(match token {
                 None => "this archive needs a bearer token (Authorization: Bearer <token>)",
                 Some(_) => "the bearer token is not one of this archive's identities",

@@ -116,7 +116,7 @@ async fn retrieve(
     let (s2, se2, i2) = (study.clone(), series.clone(), instance.clone());
     let c2 = caller.clone();
     let hits = match tokio::task::spawn_blocking(move || {
-        archive.instances(&c2, &s2, se2.as_deref(), i2.as_deref())
+        archive.instances(&c2, "retrieve", &s2, se2.as_deref(), i2.as_deref())
     })
     .await
     {
@@ -337,7 +337,13 @@ async fn metadata(
     let archive = state.archive.clone();
     let result = tokio::task::spawn_blocking(move || -> Result<Option<String>, Refusal> {
         let hits = archive
-            .instances(&caller, &study, series.as_deref(), instance.as_deref())
+            .instances(
+                &caller,
+                "retrieve-metadata",
+                &study,
+                series.as_deref(),
+                instance.as_deref(),
+            )
             .map_err(archive_error)?;
         if hits.is_empty() {
             return Err(Refusal::new(

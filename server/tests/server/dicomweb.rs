@@ -29,7 +29,7 @@ impl Server {
         Server::start_in(dir, extra)
     }
 
-    fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Server {
+    pub(crate) fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Server {
         let addr_file = dir.path().join("addr");
         let _ = std::fs::remove_file(&addr_file);
         #[allow(clippy::zombie_processes)] // waited for in `stop` and `Drop`

@@ -6,3 +6,4 @@ mod cli;
 mod dicomweb;
 mod dimse;
 mod dimse_python;
+mod rules;
