@@ -17,7 +17,7 @@ LOADGEN=target/release/loadgen
 server_pid=""
 start() {
     rm -rf "$DIR" && mkdir -p "$DIR"
-    "$KUVASTO" serve --data-dir "$DIR/data" --http-listen 127.0.0.1:0 --dimse-listen 127.0.0.1:0 \
+    "$KUVASTO" serve --profile standalone --data-dir "$DIR/data" --http-listen 127.0.0.1:0 --dimse-listen 127.0.0.1:0 \
         --address-file "$DIR/addr" 2>"$DIR/server.log" &
     server_pid=$!
     for _ in $(seq 1 100); do [ -s "$DIR/addr" ] && return; sleep 0.1; done

@@ -40,7 +40,7 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # A fresh server on an empty data directory: sets $server and $port.
 start_server() {
     rm -rf "$DIR/data" "$DIR/dimse-addr"
-    "$KUVASTO" serve --data-dir "$DIR/data" --http-listen 127.0.0.1:0 --dimse-listen 127.0.0.1:0 \
+    "$KUVASTO" serve --profile standalone --data-dir "$DIR/data" --http-listen 127.0.0.1:0 --dimse-listen 127.0.0.1:0 \
         --dimse-address-file "$DIR/dimse-addr" 2>"$DIR/server.log" &
     server=$!
     for _ in $(seq 1 100); do [ -s "$DIR/dimse-addr" ] && break; sleep 0.1; done

@@ -33,7 +33,7 @@ step "python test dependencies (.venv: pydicom and its sample files, dicomweb-cl
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/pip install --quiet --disable-pip-version-check "pydicom>=3,<4" "dicomweb-client>=0.59,<1" "pynetdicom>=3,<4"
+.venv/bin/pip install --quiet --disable-pip-version-check "pydicom>=3,<4" "dicomweb-client>=0.59,<1" "pynetdicom>=3,<4" "requests>=2,<3"
 export KUVASTO_REQUIRE_SAMPLES=1
 
 step "tests: unit, property, fault injection, kill -9, DICOM differential"
