@@ -41,7 +41,7 @@ call() {
     local method=$1 path=$2 token=$3
     shift 3
     : > "$TMP/body"
-    curl -sS -X "$method" -o "$TMP/body" -D "$TMP/headers" -w '%{http_code}' \
+    curl -sS -m 60 -X "$method" -o "$TMP/body" -D "$TMP/headers" -w '%{http_code}' \
         -H "Authorization: Bearer $token" "$@" "$BASE$path" || true
 }
 # expect WANT GOT WHAT: stops unless the status code is the expected one.
@@ -59,9 +59,9 @@ uid() { echo "2.25.$(od -An -N8 -tu8 /dev/urandom | tr -d ' ')"; }
 STUDY=$(uid)
 SERIES=$(uid)
 
-step "0. Waiting for Kuvasto at $HTTP (DICOMweb, /api) and $DIMSE (DIMSE)"
+step "1. Waiting for Kuvasto at $HTTP (DICOMweb, /api) and $DIMSE (DIMSE)"
 for _ in $(seq 30); do
-    code=$(curl -s -o /dev/null -w '%{http_code}' "$BASE/api/authorizations" || true)
+    code=$(curl -s -m 2 -o /dev/null -w '%{http_code}' "$BASE/api/authorizations" || true)
     [ "$code" != 000 ] && break
     sleep 1
 done
@@ -69,13 +69,15 @@ done
   kuvasto serve --config docs/examples/national.toml   (or set KUVASTO_HTTP)"
 code=$(call GET /api/authorizations "$COUNTY_TOKEN")
 [ "$code" = 200 ] || fail "the county's token gets HTTP $code: is the server running with docs/examples/national.toml?"
+/usr/bin/echoscu -aet KUVANTAMO -aec KUVASTO "${DIMSE%:*}" "${DIMSE##*:}" \
+    || fail "no C-ECHO answer at $DIMSE (set KUVASTO_DIMSE)"
+echo "server is up: DICOMweb, /api and DIMSE answer"
 # A run before this one left its authorization in force; revoke it so that step 3 shows the
-# refusal again.
+# refusal again (its reason now names the revoked authorization).
 for id in $(jq -r --arg k "$KUVANTAMO" '.[] | select(.producer == $k and .revoked == null) | .id' "$TMP/body"); do
     expect 200 "$(call POST "/api/authorizations/$id/revoke" "$COUNTY_TOKEN")" "revoking an earlier run's authorization"
     echo "revoked authorization $id left by an earlier run"
 done
-echo "server is up"
 
 # document KIND ID [PDF FILE]: a FHIR DocumentReference of the patient data repository, in the
 # county's register, authored by the county, tied to the service event.
@@ -98,7 +100,7 @@ document() {
         {content: [{attachment: {contentType: "application/pdf", data: $data}}]} end'
 }
 
-step "1. The patient data repository announces the request for service event $SERVICE_EVENT"
+step "2. The patient data repository announces the request for service event $SERVICE_EVENT"
 document request "$REQUEST_ID" > "$TMP/request.json"
 code=$(call POST /api/documents "$REGISTRY_TOKEN" -H 'Content-Type: application/json' --data-binary @"$TMP/request.json")
 expect 201 "$code" "announcing the request"
@@ -152,16 +154,16 @@ stow() {
         -H 'Accept: application/dicom+json'
 }
 
-step "2. Kuvantamo Oy stores the study before it holds an authorization"
+step "3. Kuvantamo Oy stores the study before it holds an authorization"
 code=$(stow "$KUVANTAMO_TOKEN" "$TMP/ct1.dcm")
 expect 409 "$code" "a store without an authorization"
 reason=$(jq -r '."00081198".Value[0]."00081197".Value[0]' "$TMP/body")
-[ "$reason" = 292 ] || fail "FailureReason $reason, expected 292 (0x0124, not authorized)"
+[ "$reason" = 292 ] || fail "FailureReason $reason, expected 292 (0x0124, not authorized): $(tr -d '\r' < "$TMP/headers" | grep -i '^warning:')"
 echo "refused: FailureReason 0x0124"
 grep -i '^Warning:' "$TMP/headers" | tr -d '\r' | sed 's/^[^:]*: /reason: /' \
     || fail "no Warning header giving the reason"
 
-step "3. The county authorizes Kuvantamo Oy to read and write its register for one year"
+step "4. The county authorizes Kuvantamo Oy to read and write its register for one year"
 jq -n --arg county "$COUNTY" --arg kuvantamo "$KUVANTAMO" \
     --arg until "$(date -u -d '+1 year' +%Y-%m-%dT%H:%M:%SZ)" \
     '{register: $county, producer: $kuvantamo, read: true, write: true, valid_until: $until}' \
@@ -170,30 +172,35 @@ code=$(call POST /api/authorizations "$COUNTY_TOKEN" -H 'Content-Type: applicati
 expect 201 "$code" "creating the authorization"
 jq -c '{id, register, producer, read, write, valid_from, valid_until}' "$TMP/body"
 
-step "4a. Kuvantamo Oy stores instance 1 over DICOMweb (STOW-RS)"
+step "5a. Kuvantamo Oy stores instance 1 over DICOMweb (STOW-RS)"
 code=$(stow "$KUVANTAMO_TOKEN" "$TMP/ct1.dcm")
 expect 200 "$code" "STOW-RS under the authorization"
 echo "stored: $(jq -r '."00081199".Value | length' "$TMP/body") instance(s), study $STUDY"
 
-step "4b. Kuvantamo Oy stores instance 2 over DIMSE (storescu, AE title KUVANTAMO)"
-TCP_NODELAY=1 /usr/bin/storescu -aet KUVANTAMO -aec KUVASTO "${DIMSE%:*}" "${DIMSE##*:}" "$TMP/ct2.dcm" \
-    || fail "storescu: the C-STORE was not a success"
-echo "C-STORE succeeded"
+step "5b. Kuvantamo Oy stores instance 2 over DIMSE (storescu, AE title KUVANTAMO)"
+# storescu exits non-zero unless the C-STORE response is a success; -v logs that response.
+if TCP_NODELAY=1 /usr/bin/storescu -v -aet KUVANTAMO -aec KUVASTO "${DIMSE%:*}" "${DIMSE##*:}" \
+    "$TMP/ct2.dcm" > "$TMP/storescu.log" 2>&1; then
+    grep 'Store Response' "$TMP/storescu.log"
+else
+    cat "$TMP/storescu.log" >&2
+    fail "storescu: the C-STORE was not a success"
+fi
 
-step "5. The radiologist's report arrives from the patient data repository, with a PDF"
+step "6. The radiologist's report arrives from the patient data repository, with a PDF"
 printf '%%PDF-1.4\n%% Kuvasto walkthrough report: no findings.\n%%%%EOF\n' > "$TMP/report.pdf"
 document report "$REPORT_ID" "$TMP/report.pdf" > "$TMP/report.json"
 code=$(call POST /api/documents "$REGISTRY_TOKEN" -H 'Content-Type: application/json' --data-binary @"$TMP/report.json")
 expect 201 "$code" "announcing the report"
 jq -c '{id}' "$TMP/body"
 
-step "6. The patient opens the portal: their studies, documents and who accessed the data"
+step "7. The patient opens the portal: their studies, documents and who accessed the data"
 code=$(call GET "/api/patients/$PATIENT/view" "$PORTAL_TOKEN" -H "X-On-Behalf-Of: $PATIENT")
 expect 200 "$code" "the patient view"
 jq -e --arg s "$STUDY" '[.studies[] | select(.study == $s)] | length == 1' "$TMP/body" > /dev/null \
     || fail "the patient view does not list study $STUDY"
 jq -r --arg s "$STUDY" '
-  "studies: \(.studies | length); this run'"'"'s:",
+  "the patient has \(.studies | length) studies; the one stored now:",
   (.studies[] | select(.study == $s) |
     "  \(.date)  \(.modalities)  \(.examination_code) \(.examination_name)",
     "  made by \(.organisation_name), register \(.register)",
@@ -203,8 +210,12 @@ jq -r --arg s "$STUDY" '
 ' "$TMP/body"
 kinds=$(jq -r --arg s "$STUDY" '[.studies[] | select(.study == $s) | .documents[].kind] | sort | join(",")' "$TMP/body")
 [ "$kinds" = "report,request" ] || fail "the study's documents are [$kinds], expected request and report"
+code=$(call GET "/api/documents/$REPORT_ID/content" "$PORTAL_TOKEN" -H "X-On-Behalf-Of: $PATIENT")
+expect 200 "$code" "the report's PDF for the patient"
+cmp -s "$TMP/body" "$TMP/report.pdf" || fail "the report's PDF came back changed"
+echo "the patient opens the report: $(wc -c < "$TMP/body") bytes of PDF, as sent"
 
-step "7. The county finds the study with QIDO-RS; another organisation does not"
+step "8. The county finds the study with QIDO-RS; another organisation does not"
 qido() { call GET "/dicom-web/studies?StudyInstanceUID=$STUDY" "$1" -H 'Accept: application/dicom+json'; }
 code=$(qido "$COUNTY_TOKEN")
 expect 200 "$code" "the county's QIDO-RS"
@@ -216,7 +227,7 @@ hits=$(jq -s 'if length == 0 then 0 else .[0] | length end' "$TMP/body")
 echo "Muu Klinikka Oy: $hits results"
 [ "$hits" = 0 ] || fail "another organisation found the study"
 
-step "8. The operator exports the study's audit records"
+step "9. The operator exports the study's audit records"
 code=$(call GET "/api/audit?study=$STUDY" "$OPERATOR_TOKEN")
 expect 200 "$code" "the audit export (JSON lines)"
 jq -r '"  \(.time_unix_ms / 1000 | todate)  \(.system)  \(.protocol)  \(.action)  \(.outcome)"' "$TMP/body"

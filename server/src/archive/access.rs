@@ -190,3 +190,221 @@ pub fn may_read_study(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::directory::{ControllerType, DirectoryConfig, Organisation};
+    use crate::archive::state::{Prohibition, StudyState, RECORD_VERSION};
+
+    const COUNTY: &str = "1.2.246.10.1";
+    const PRODUCER: &str = "1.2.246.10.2";
+    const OTHER: &str = "1.2.246.10.3";
+    const NOW: i64 = 1_000_000;
+
+    fn directory() -> Directory {
+        let org = |oid: &str| Organisation {
+            oid: oid.into(),
+            name: oid.into(),
+            controller_type: ControllerType::Public,
+            registers: vec![],
+        };
+        Directory::national(DirectoryConfig {
+            organisations: vec![org(COUNTY), org(PRODUCER), org(OTHER)],
+            identities: vec![identity("x", COUNTY, Role::System)],
+        })
+        .expect("directory")
+    }
+
+    fn identity(id: &str, organisation: &str, role: Role) -> Identity {
+        Identity {
+            id: id.into(),
+            organisation: organisation.into(),
+            role,
+            ae_titles: vec![id.to_uppercase()],
+            tokens: vec![],
+        }
+    }
+
+    fn authorization(id: &str, read: bool, write: bool) -> Authorization {
+        Authorization {
+            v: RECORD_VERSION,
+            id: id.into(),
+            organiser: COUNTY.into(),
+            register: COUNTY.into(),
+            producer: PRODUCER.into(),
+            valid_from_ms: NOW - 10,
+            valid_until_ms: NOW + 10,
+            read,
+            write,
+            patients: vec![],
+            service_events: vec![],
+            created_by: String::new(),
+            created_ms: 0,
+            revoked_by: String::new(),
+            revoked_ms: None,
+        }
+    }
+
+    fn study(patient: &str) -> StudyRecord {
+        StudyRecord {
+            v: RECORD_VERSION,
+            study: "1.2.3".into(),
+            patient: patient.into(),
+            register: COUNTY.into(),
+            producer: PRODUCER.into(),
+            producer_system: String::new(),
+            service_event: "1.2.246.10.1.7".into(),
+            accession: String::new(),
+            examination_code: String::new(),
+            content_type: String::new(),
+            documents: vec![],
+            state: StudyState::Linked,
+            created_ms: 0,
+            changed_ms: 0,
+        }
+    }
+
+    fn with(authorizations: Vec<Authorization>) -> Maps {
+        let mut maps = Maps::default();
+        for a in authorizations {
+            maps.authorizations.insert(a.id.clone(), a);
+        }
+        maps
+    }
+
+    fn write(maps: &Maps, organisation: &str) -> Result<String, String> {
+        register_right(
+            &directory(),
+            maps,
+            organisation,
+            COUNTY,
+            Right::Write,
+            "p",
+            "1.2.246.10.1.7",
+            NOW,
+        )
+    }
+
+    #[test]
+    fn the_controller_writes_and_others_need_a_serving_authorization() {
+        let d = directory();
+        assert_eq!(write(&Maps::default(), COUNTY).as_deref(), Ok("controller"));
+        let none = write(&Maps::default(), PRODUCER).unwrap_err();
+        assert!(none.starts_with("no authorization"), "{none}");
+        assert_eq!(
+            write(&with(vec![authorization("a", true, true)]), PRODUCER).as_deref(),
+            Ok("a")
+        );
+        let unknown = register_right(
+            &d,
+            &Maps::default(),
+            COUNTY,
+            "9.9",
+            Right::Read,
+            "p",
+            "",
+            NOW,
+        );
+        assert!(unknown.unwrap_err().contains("not known"));
+        let mut revoked = authorization("r", true, true);
+        revoked.revoked_ms = Some(NOW - 1);
+        let mut expired = authorization("e", true, true);
+        expired.valid_until_ms = NOW;
+        let mut early = authorization("f", true, true);
+        early.valid_from_ms = NOW + 1;
+        let read_only = authorization("o", true, false);
+        let mut other_patient = authorization("q", true, true);
+        other_patient.patients = vec!["someone else".into()];
+        let mut other_event = authorization("s", true, true);
+        other_event.service_events = vec!["1.2.246.10.1.8".into()];
+        for (a, gap) in [
+            (revoked.clone(), "was revoked"),
+            (expired, "expired at"),
+            (early, "valid only from"),
+            (read_only, "does not grant write"),
+            (other_patient, "does not cover this patient"),
+            (other_event, "does not cover service event"),
+        ] {
+            let err = write(&with(vec![a]), PRODUCER).unwrap_err();
+            assert!(
+                err.starts_with("authorization") && err.contains(gap),
+                "{err}"
+            );
+        }
+        // A revocation in the future has not happened yet; any serving authorization wins.
+        revoked.revoked_ms = Some(NOW + 5);
+        assert!(write(&with(vec![revoked]), PRODUCER).is_ok());
+        let maps = with(vec![
+            authorization("o", true, false),
+            authorization("w", false, true),
+        ]);
+        assert_eq!(write(&maps, PRODUCER).as_deref(), Ok("w"));
+        assert!(
+            write(&maps, OTHER).is_err(),
+            "an authorization serves its producer only"
+        );
+    }
+
+    #[test]
+    fn reads_follow_registers_prohibitions_and_the_portal_patient() {
+        let d = directory();
+        let record = study("p1");
+        let read = |maps: &Maps, who: &Identity, patient: Option<&str>| {
+            may_read_study(&d, maps, who, patient, &record, NOW)
+        };
+        let county = identity("c", COUNTY, Role::System);
+        let producer = identity("p", PRODUCER, Role::System);
+        let portal = identity("portal", OTHER, Role::Portal);
+        let operator = identity("op", OTHER, Role::Operator);
+        let registry = identity("reg", OTHER, Role::Registry);
+        let authorized = with(vec![authorization("a", true, false)]);
+        assert!(read(&Maps::default(), &county, None).is_ok());
+        assert!(
+            read(&Maps::default(), &producer, None).is_err(),
+            "producing is not reading"
+        );
+        assert!(read(&authorized, &producer, None).is_ok());
+        assert!(read(
+            &with(vec![authorization("w", false, true)]),
+            &producer,
+            None
+        )
+        .is_err());
+        assert!(read(&Maps::default(), &portal, Some("p1")).is_ok());
+        assert!(read(&Maps::default(), &portal, Some("p2")).is_err());
+        assert!(read(&Maps::default(), &portal, None).is_err());
+        assert!(read(&Maps::default(), &registry, None).is_err());
+        assert!(read(&Maps::default(), &operator, None).is_ok());
+        let mut prohibited = with(vec![authorization("a", true, false)]);
+        prohibited.prohibitions.insert(
+            "p1".into(),
+            Prohibition {
+                v: RECORD_VERSION,
+                patient: "p1".into(),
+                set_by: String::new(),
+                set_ms: 0,
+            },
+        );
+        let err = read(&prohibited, &producer, None).unwrap_err();
+        assert!(err.contains("prohibited disclosure"), "{err}");
+        assert!(
+            read(&prohibited, &county, None).is_ok(),
+            "the controller still reads"
+        );
+        assert!(
+            read(&prohibited, &portal, Some("p1")).is_ok(),
+            "the patient still reads"
+        );
+        // Quarantined or invalidated studies: operators only.
+        let mut held = study("p1");
+        held.state = StudyState::Quarantined {
+            reason: "documents first".into(),
+            since_ms: 0,
+        };
+        assert!(may_read_study(&d, &authorized, &county, None, &held, NOW).is_err());
+        assert!(may_read_study(&d, &authorized, &operator, None, &held, NOW).is_ok());
+        let standalone = Directory::standalone("local");
+        assert!(may_read_study(&standalone, &Maps::default(), &producer, None, &held, NOW).is_ok());
+    }
+}

@@ -256,3 +256,119 @@ fn write_loop(store: &Store, rx: Receiver<Pending>, mut next_seq: u64) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kuvasto_engine::io::sim::SimStorage;
+    use kuvasto_engine::StoreConfig;
+
+    fn record(patient: &str, action: &str) -> AuditRecord {
+        AuditRecord {
+            seq: 0,
+            time_unix_ms: 1000,
+            organisation: "1.2.3".into(),
+            system: "pacs".into(),
+            role: "system".into(),
+            on_behalf_of: String::new(),
+            protocol: "dimse".into(),
+            peer: "PACS@127.0.0.1:1".into(),
+            action: action.into(),
+            outcome: Outcome::Success,
+            patient: patient.into(),
+            study: String::new(),
+            register: String::new(),
+            detail: "a \"quoted\"\nline".into(),
+        }
+    }
+
+    #[test]
+    fn records_get_consecutive_seqs_across_batches_and_reopens() {
+        let storage = Arc::new(SimStorage::new(1));
+        let config = StoreConfig {
+            segment_size_bytes_max: 1 << 20,
+            put_buffer_bytes: 64 << 10,
+            batch_bytes_max: 128 << 10,
+            ..StoreConfig::default()
+        };
+        let store = Arc::new(Store::open_with(storage.clone(), config.clone()).expect("open"));
+        let mut log = AuditLog::open(store.clone()).expect("log");
+        // Concurrent writers share batches; every record gets its own seq.
+        let seqs: Vec<u64> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|i| {
+                    let log = &log;
+                    s.spawn(move || {
+                        (0..25)
+                            .map(|_| {
+                                log.record(record(&format!("p{i}"), "read"))
+                                    .expect("record")
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("join"))
+                .collect()
+        });
+        let mut sorted = seqs.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (1..=200).collect::<Vec<u64>>());
+        log.close();
+        drop(log);
+        let store = Arc::try_unwrap(store).ok().expect("sole owner");
+        store.close();
+        let store = Arc::new(Store::open_with(storage, config).expect("reopen"));
+        let log = AuditLog::open(store.clone()).expect("log");
+        assert_eq!(log.record(record("p0", "store")).expect("record"), 201);
+        let all = read(
+            &store,
+            &AuditFilter {
+                limit: 1000,
+                ..AuditFilter::default()
+            },
+        )
+        .expect("read");
+        assert_eq!(all.len(), 201);
+        assert!(all.windows(2).all(|w| w[0].seq + 1 == w[1].seq));
+        assert_eq!(
+            all[0].detail, "a \"quoted\"\nline",
+            "text survives JSON lines"
+        );
+        let p3 = read(
+            &store,
+            &AuditFilter {
+                patient: Some("p3".into()),
+                limit: 1000,
+                ..AuditFilter::default()
+            },
+        )
+        .expect("read");
+        assert_eq!(p3.len(), 25);
+        let later = read(
+            &store,
+            &AuditFilter {
+                after_seq: 195,
+                limit: 1000,
+                ..AuditFilter::default()
+            },
+        )
+        .expect("read");
+        assert_eq!(
+            later.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            (196..=201).collect::<Vec<_>>()
+        );
+        let stores = read(
+            &store,
+            &AuditFilter {
+                action: Some("store".into()),
+                limit: 1000,
+                ..AuditFilter::default()
+            },
+        )
+        .expect("read");
+        assert_eq!(stores.len(), 1);
+    }
+}

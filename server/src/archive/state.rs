@@ -397,3 +397,77 @@ pub enum Change {
     Hidden(Hidden),
     Unhide(String),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kuvasto_engine::io::sim::SimStorage;
+    use kuvasto_engine::StoreConfig;
+    use std::sync::Arc;
+
+    fn config() -> StoreConfig {
+        StoreConfig {
+            segment_size_bytes_max: 1 << 20,
+            put_buffer_bytes: 64 << 10,
+            batch_bytes_max: 128 << 10,
+            ..StoreConfig::default()
+        }
+    }
+
+    fn prohibition(patient: &str) -> Prohibition {
+        Prohibition {
+            v: RECORD_VERSION,
+            patient: patient.into(),
+            set_by: "operator".into(),
+            set_ms: 7,
+        }
+    }
+
+    #[test]
+    fn changes_are_durable_and_read_back_at_open() {
+        let storage = Arc::new(SimStorage::new(1));
+        let store = Store::open_with(storage.clone(), config()).expect("open");
+        let state = State::open(&store).expect("empty state");
+        state
+            .change(&store, |maps| {
+                assert!(maps.prohibitions.is_empty());
+                (
+                    vec![
+                        Change::Prohibition(prohibition("a")),
+                        Change::Prohibition(prohibition("b")),
+                    ],
+                    (),
+                )
+            })
+            .expect("change");
+        state
+            .change(&store, |_| (vec![Change::ClearProhibition("a".into())], ()))
+            .expect("clear");
+        assert_eq!(state.read().prohibitions.len(), 1);
+        store.close();
+        let store = Store::open_with(storage, config()).expect("reopen");
+        let state = State::open(&store).expect("state");
+        let maps = state.read();
+        assert!(!maps.prohibitions.contains_key("a"), "the clear survived");
+        assert_eq!(maps.prohibitions.get("b"), Some(&prohibition("b")));
+    }
+
+    #[test]
+    fn a_record_of_an_unknown_version_stops_the_open() {
+        let storage = Arc::new(SimStorage::new(1));
+        let store = Store::open_with(storage, config()).expect("open");
+        store
+            .put(
+                Namespace::ARCHIVE,
+                b"prohibition/x",
+                br#"{"v":2,"patient":"x"}"#,
+            )
+            .expect("put");
+        let err = State::open(&store).err().expect("refused");
+        assert!(err.to_string().contains("prohibition/x"), "{err}");
+        store
+            .put(Namespace::ARCHIVE, b"prohibition/x", b"not json")
+            .expect("put");
+        assert!(State::open(&store).is_err());
+    }
+}
