@@ -24,9 +24,9 @@ cargo fmt --all -- --check
 step "lint"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "system test dependencies (curl and dcmtk: clients the server tests drive it with)"
-if ! command -v curl >/dev/null 2>&1 || [ ! -x /usr/bin/echoscu ]; then
-    apt-get update -qq && apt-get install -y -qq curl dcmtk
+step "system test dependencies (curl, jq and dcmtk: clients the server tests drive it with)"
+if ! command -v curl >/dev/null 2>&1 || ! command -v jq >/dev/null 2>&1 || [ ! -x /usr/bin/echoscu ]; then
+    apt-get update -qq && apt-get install -y -qq curl jq dcmtk
 fi
 
 step "python test dependencies (.venv: pydicom and its sample files, dicomweb-client, pynetdicom)"

@@ -113,6 +113,7 @@ async fn get_document_content(
             }
             response
         }
+        // `document(.., true)` answers NotFound when there is no content.
         Ok(Ok((_, None))) => problem(StatusCode::NOT_FOUND, "the document has no content"),
         Ok(Err(e)) => archive_error(e).into_response(),
         Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -216,8 +217,7 @@ async fn set_prohibition(
 ) -> Response {
     let archive = state.archive.clone();
     call(StatusCode::OK, move || {
-        archive.set_prohibition(&caller, &patient, prohibited)?;
-        let p = archive.prohibition(&caller, &patient)?;
+        let p = archive.set_prohibition(&caller, &patient, prohibited)?;
         Ok(ProhibitionView {
             prohibited: p.is_some(),
             since: p.map(|p| time::format_ms(p.set_ms)),
@@ -436,6 +436,10 @@ async fn audit(
     }
 }
 
+/// Marks a request as an API call (the audit records' protocol is `api`).
+#[derive(Debug, Clone, Copy)]
+pub struct ApiRequest;
+
 /// The API routes (nested under [`PREFIX`] by the caller).
 pub fn routes() -> Router<State> {
     Router::new()
@@ -464,4 +468,5 @@ pub fn routes() -> Router<State> {
         .route("/audit", get(audit))
         .fallback(|| async { problem(StatusCode::NOT_FOUND, "no such API resource (docs/api.md)") })
         .layer(DefaultBodyLimit::max(API_BODY_BYTES_MAX))
+        .layer(axum::Extension(ApiRequest))
 }

@@ -22,6 +22,9 @@ impl Right {
     }
 }
 
+/// Authorizations a refusal names, at most (the newest).
+const GAPS_NAMED_MAX: usize = 3;
+
 /// Why an authorization does not serve now, or `None` when it does.
 fn authorization_gap(
     a: &Authorization,
@@ -100,15 +103,23 @@ pub fn register_right(
         return Ok("controller".into());
     }
     let mut gaps = Vec::new();
-    for a in maps
+    let mut held: Vec<&Authorization> = maps
         .authorizations
         .values()
         .filter(|a| a.producer == organisation && a.register == register)
-    {
+        .collect();
+    // The newest first: the reason names the authorizations most likely meant.
+    held.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.id.cmp(&a.id)));
+    for a in &held {
         match authorization_gap(a, right, patient, service_event, now_ms) {
             None => return Ok(a.id.clone()),
             Some(gap) => gaps.push(gap),
         }
+    }
+    if gaps.len() > GAPS_NAMED_MAX {
+        let more = gaps.len() - GAPS_NAMED_MAX;
+        gaps.truncate(GAPS_NAMED_MAX);
+        gaps.push(format!("{more} older authorizations do not serve either"));
     }
     // The reason comes first: DIMSE carries it in a 64-character ErrorComment.
     if gaps.is_empty() {

@@ -196,6 +196,11 @@ impl Archive {
         document: &Document,
         now: i64,
     ) -> Result<StudyRecord, String> {
+        let service_event = if record.service_event.is_empty() {
+            &document.service_event_id
+        } else {
+            &record.service_event
+        };
         register_right(
             &self.directory,
             maps,
@@ -203,7 +208,7 @@ impl Archive {
             &document.register,
             Right::Write,
             &record.patient,
-            &record.service_event,
+            service_event,
             now,
         )?;
         let mut released = record.clone();
@@ -279,7 +284,14 @@ impl Archive {
         let now = time::now_ms();
         let record = DocumentRecord {
             v: RECORD_VERSION,
-            has_content: content.is_some(),
+            // Announced again without content: the content stored earlier stays.
+            has_content: content.is_some()
+                || self
+                    .state
+                    .read()
+                    .documents
+                    .get(&document.id)
+                    .is_some_and(|d| d.has_content),
             document: document.clone(),
             announced_by: format!("{}/{}", caller.organisation(), caller.identity.id),
             announced_ms: now,
@@ -597,13 +609,13 @@ impl Archive {
     }
 
     /// Sets or clears a patient's disclosure prohibition (the portal for its patient, or an
-    /// operator).
+    /// operator); the prohibition in force afterwards.
     pub fn set_prohibition(
         &self,
         caller: &Caller,
         patient: &str,
         prohibited: bool,
-    ) -> Result<bool, ArchiveError> {
+    ) -> Result<Option<Prohibition>, ArchiveError> {
         let action = if prohibited {
             "prohibition-set"
         } else {
@@ -640,7 +652,8 @@ impl Archive {
             if was != prohibited {
                 self.state.change(&self.store, |_| (vec![change], ()))?;
             }
-            Ok((prohibited, format!("was={was}")))
+            let now = self.state.read().prohibitions.get(patient).cloned();
+            Ok((now, format!("was={was}")))
         })();
         self.audited(caller, action, patient, "", "", result)
     }
@@ -651,16 +664,19 @@ impl Archive {
         caller: &Caller,
         patient: &str,
     ) -> Result<Option<Prohibition>, ArchiveError> {
-        match caller.role() {
-            Role::Operator => {}
-            Role::Portal if caller.on_behalf_of.as_deref() == Some(patient) => {}
-            _ => {
-                return Err(ArchiveError::Denied(
-                    "only the patient's portal and operators read prohibitions".into(),
-                ))
-            }
+        let result = match caller.role() {
+            Role::Operator => Ok(()),
+            Role::Portal if caller.on_behalf_of.as_deref() == Some(patient) => Ok(()),
+            _ => Err(ArchiveError::Denied(
+                "only the patient's portal and operators read prohibitions".into(),
+            )),
         }
-        Ok(self.state.read().prohibitions.get(patient).cloned())
+        .map(|()| {
+            let p = self.state.read().prohibitions.get(patient).cloned();
+            let detail = format!("prohibited={}", p.is_some());
+            (p, detail)
+        });
+        self.audited(caller, "prohibition-read", patient, "", "", result)
     }
 
     fn study_instance_count(&self, study: &str) -> Result<usize, ArchiveError> {
@@ -675,43 +691,37 @@ impl Archive {
 
     /// The studies in quarantine (operators).
     pub fn quarantine(&self, caller: &Caller) -> Result<Vec<QuarantinedStudy>, ArchiveError> {
-        require(caller, &[Role::Operator], "list the quarantine")?;
-        let held: Vec<StudyRecord> = self
-            .state
-            .read()
-            .studies
-            .values()
-            .filter(|s| matches!(s.state, StudyState::Quarantined { .. }))
-            .cloned()
-            .collect();
-        let mut out = Vec::new();
-        for s in held {
-            let StudyState::Quarantined { reason, since_ms } = &s.state else {
-                continue;
-            };
-            out.push(QuarantinedStudy {
-                instances: self.study_instance_count(&s.study)?,
-                study: s.study.clone(),
-                patient: s.patient.clone(),
-                producer: s.producer.clone(),
-                producer_system: s.producer_system.clone(),
-                service_event: s.service_event.clone(),
-                accession: s.accession.clone(),
-                reason: reason.clone(),
-                since: time::format_ms(*since_ms),
-            });
-        }
-        out.sort_by(|a, b| a.since.cmp(&b.since).then(a.study.cmp(&b.study)));
-        self.audit(
-            caller,
-            "quarantine-list",
-            Outcome::Success,
-            "",
-            "",
-            "",
-            format!("studies={}", out.len()),
-        )?;
-        Ok(out)
+        let result = require(caller, &[Role::Operator], "list the quarantine").and_then(|()| {
+            let held: Vec<StudyRecord> = self
+                .state
+                .read()
+                .studies
+                .values()
+                .filter(|s| matches!(s.state, StudyState::Quarantined { .. }))
+                .cloned()
+                .collect();
+            let mut out = Vec::new();
+            for s in held {
+                let StudyState::Quarantined { reason, since_ms } = &s.state else {
+                    continue;
+                };
+                out.push(QuarantinedStudy {
+                    instances: self.study_instance_count(&s.study)?,
+                    study: s.study.clone(),
+                    patient: s.patient.clone(),
+                    producer: s.producer.clone(),
+                    producer_system: s.producer_system.clone(),
+                    service_event: s.service_event.clone(),
+                    accession: s.accession.clone(),
+                    reason: reason.clone(),
+                    since: time::format_ms(*since_ms),
+                });
+            }
+            out.sort_by(|a, b| a.since.cmp(&b.since).then(a.study.cmp(&b.study)));
+            let detail = format!("studies={}", out.len());
+            Ok((out, detail))
+        });
+        self.audited(caller, "quarantine-list", "", "", "", result)
     }
 
     fn study_record(&self, study: &str) -> Result<StudyRecord, ArchiveError> {
@@ -913,7 +923,14 @@ impl Archive {
                 .change(&self.store, |_| (vec![Change::Unhide(sop.to_string())], ()))?;
             Ok((hidden, format!("sop_instance={sop}")))
         })();
-        self.audited(caller, "restore", "", &study, "", result)
+        let patient = self
+            .store
+            .instance_metadata(sop)
+            .ok()
+            .flatten()
+            .map(|m| m.attrs.patient_id)
+            .unwrap_or_default();
+        self.audited(caller, "restore-instance", &patient, &study, "", result)
     }
 
     /// Audit records (operators); the export is itself audited.
@@ -922,18 +939,19 @@ impl Archive {
         caller: &Caller,
         filter: &AuditFilter,
     ) -> Result<Vec<AuditRecord>, ArchiveError> {
-        require(caller, &[Role::Operator], "read the audit log")?;
-        let records = audit::read(&self.store, filter)?;
-        self.audit(
+        let result = require(caller, &[Role::Operator], "read the audit log").and_then(|()| {
+            let records = audit::read(&self.store, filter)?;
+            let detail = format!("records={}", records.len());
+            Ok((records, detail))
+        });
+        self.audited(
             caller,
             "audit-export",
-            Outcome::Success,
             filter.patient.as_deref().unwrap_or(""),
             filter.study.as_deref().unwrap_or(""),
             "",
-            format!("records={}", records.len()),
-        )?;
-        Ok(records)
+            result,
+        )
     }
 
     /// A patient's studies with their documents, and who accessed the patient's data: for the
@@ -1025,30 +1043,34 @@ impl Archive {
                 });
             }
             studies.sort_by(|a, b| b.date.cmp(&a.date).then(a.study.cmp(&b.study)));
-            let accesses = audit::read(
+            let mut accesses = audit::read(
                 &self.store,
                 &AuditFilter {
                     patient: Some(patient.to_string()),
-                    limit: PATIENT_VIEW_ACCESSES_MAX,
+                    limit: usize::MAX,
                     ..AuditFilter::default()
                 },
-            )?
-            .into_iter()
-            .map(|r| PatientAccess {
-                time: time::format_ms(r.time_unix_ms),
-                organisation_name: self
-                    .directory
-                    .organisation(&r.organisation)
-                    .map(|o| o.name.clone())
-                    .unwrap_or_default(),
-                organisation: r.organisation,
-                system: r.system,
-                role: r.role,
-                action: r.action,
-                outcome: r.outcome,
-                study: r.study,
-            })
-            .collect();
+            )?;
+            // The newest, newest first.
+            let oldest_kept = accesses.len().saturating_sub(PATIENT_VIEW_ACCESSES_MAX);
+            let accesses: Vec<PatientAccess> = accesses
+                .drain(oldest_kept..)
+                .rev()
+                .map(|r| PatientAccess {
+                    time: time::format_ms(r.time_unix_ms),
+                    organisation_name: self
+                        .directory
+                        .organisation(&r.organisation)
+                        .map(|o| o.name.clone())
+                        .unwrap_or_default(),
+                    organisation: r.organisation,
+                    system: r.system,
+                    role: r.role,
+                    action: r.action,
+                    outcome: r.outcome,
+                    study: r.study,
+                })
+                .collect();
             let view = PatientView {
                 patient: patient.to_string(),
                 disclosure_prohibited: prohibited,

@@ -208,16 +208,14 @@ fn event(action: &str) -> Event {
         // with outcome 4; a quarantined instance was received and is held.
         "store" | "store-refused" | "quarantine" => ev(INSTANCES_TRANSFERRED, "C", Kind::Transfer),
         // Stored instances viewed or used (A.5.3.6, R).
-        "metadata" | "frames" | "bulkdata" | "rendered" | "commit-verify" | "patient-view" => {
-            ev(INSTANCES_ACCESSED, "R", Kind::Read)
-        }
+        "commit-verify" | "patient-view" => ev(INSTANCES_ACCESSED, "R", Kind::Read),
         retrieve if retrieve.starts_with("retrieve") => ev(INSTANCES_ACCESSED, "R", Kind::Read),
         // A query received (A.5.3.10, E).
         "search" => ev(QUERY, "E", Kind::Query),
         // Instances deleted (A.5.3.6, D; 110105 would need to know a whole study went).
         "delete" | "reject" | "invalidate" | "expire" => ev(INSTANCES_ACCESSED, "D", Kind::Change),
         // Instances updated (A.5.3.6, U).
-        "release" | "restore" | "correct" | "move" => ev(INSTANCES_ACCESSED, "U", Kind::Change),
+        "release" | "restore" | "restore-instance" => ev(INSTANCES_ACCESSED, "U", Kind::Change),
         // Who may do what changed (A.5.3.11, E, type 110136 Security Roles Changed).
         "authorization-create" | "authorization-revoke" => {
             ev(SECURITY_ALERT, "E", Kind::SecurityAlert)
@@ -225,6 +223,8 @@ fn event(action: &str) -> Event {
         // The patient's record changed without any instance involved (A.5.3.14).
         "prohibition-set" | "prohibition-clear" => ev(PATIENT_RECORD, "U", Kind::PatientRecord),
         "document-register" => ev(PATIENT_RECORD, "C", Kind::PatientRecord),
+        // A document or a prohibition of the patient's record read (A.5.3.14, R).
+        "document-read" | "prohibition-read" => ev(PATIENT_RECORD, "R", Kind::PatientRecord),
         // Anything else the archive did (A.5.3.1, E).
         _ => ev(APPLICATION_ACTIVITY, "E", Kind::Application),
     }

@@ -32,11 +32,11 @@ pub struct AuditRecord {
     pub role: String,
     /// The patient a portal identity acts for (empty otherwise).
     pub on_behalf_of: String,
-    /// `dicomweb`, `dimse`, `api` or `cli`.
+    /// `dicomweb`, `dimse` or `api`.
     pub protocol: String,
     /// Remote address, and AE title for DIMSE.
     pub peer: String,
-    /// What was done: `store`, `read`, `search`, `delete`, `quarantine`, `release`,
+    /// What was done: `store`, `retrieve`, `search`, `delete`, `quarantine`, `release`,
     /// `authorization-create`, ... (`docs/api.md` lists them).
     pub action: String,
     pub outcome: Outcome,
@@ -200,6 +200,9 @@ fn read_batch(store: &Store, key: &str) -> Result<Vec<AuditRecord>, AuditError> 
 /// The records `filter` wants, oldest first, at most `filter.limit`.
 pub fn read(store: &Store, filter: &AuditFilter) -> Result<Vec<AuditRecord>, AuditError> {
     let mut out = Vec::new();
+    if filter.limit == 0 {
+        return Ok(out);
+    }
     let keys = store.keys(Namespace::AUDIT);
     for (i, key) in keys.iter().enumerate() {
         // A batch holds seqs up to the next batch's first: skip whole batches before

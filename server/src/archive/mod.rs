@@ -349,6 +349,16 @@ fn uid_filter(tag: Tag, uid: &str) -> Result<(Tag, Matcher), ArchiveError> {
     Ok((tag, matcher))
 }
 
+/// The attributes of each hit, whatever the level.
+fn hit_attrs(hits: &Hits) -> Box<dyn Iterator<Item = &InstanceAttrs> + '_> {
+    match hits {
+        Hits::Patients(v) => Box::new(v.iter().map(|h| &h.attrs)),
+        Hits::Studies(v) => Box::new(v.iter().map(|h| &h.attrs)),
+        Hits::Series(v) => Box::new(v.iter().map(|h| &h.attrs)),
+        Hits::Instances(v) => Box::new(v.iter().map(|h| &h.attrs)),
+    }
+}
+
 /// The `what` of [`Archive::open_instance`] for Storage Commitment's verification.
 pub const COMMIT_VERIFY: &str = "commit-verify";
 
@@ -606,25 +616,53 @@ impl Archive {
     /// Answers a query from the catalog, with only what the caller may see (audited).
     pub fn search(&self, caller: &Caller, query: &Query) -> Result<Hits, ArchiveError> {
         let hits = self.visible_hits(caller, query)?;
-        self.audit_search(caller, query.level, query.filters.len(), hits.len())?;
+        self.audit_search(caller, query.level, query.filters.len(), hit_attrs(&hits))?;
         Ok(hits)
     }
 
-    fn audit_search(
+    /// The search's audit record. Its patient (and study) are the hits' when they are all
+    /// one patient's (one study's), so the search shows in that patient's access list; a
+    /// search across patients names how many it touched.
+    fn audit_search<'h>(
         &self,
         caller: &Caller,
         level: Level,
         filters: usize,
-        hits: usize,
+        hits: impl Iterator<Item = &'h InstanceAttrs>,
     ) -> Result<(), ArchiveError> {
+        let (mut patients, mut studies) = (
+            std::collections::BTreeSet::new(),
+            std::collections::BTreeSet::new(),
+        );
+        let mut count = 0;
+        for attrs in hits {
+            count += 1;
+            patients.insert(attrs.patient_id.as_str());
+            if level != Level::Patient {
+                studies.insert(attrs.study_instance_uid.as_str());
+            }
+        }
+        fn one<'a>(set: &std::collections::BTreeSet<&'a str>) -> Option<&'a str> {
+            if set.len() == 1 {
+                set.iter().next().copied()
+            } else {
+                None
+            }
+        }
+        let patient = one(&patients)
+            .or(caller.on_behalf_of.as_deref())
+            .unwrap_or("");
         self.audit(
             caller,
             "search",
             Outcome::Success,
-            caller.on_behalf_of.as_deref().unwrap_or(""),
+            patient,
+            one(&studies).unwrap_or(""),
             "",
-            "",
-            format!("level={level:?} filters={filters} hits={hits}"),
+            format!(
+                "level={level:?} filters={filters} hits={count} patients={}",
+                patients.len()
+            ),
         )?;
         Ok(())
     }
@@ -692,7 +730,12 @@ impl Archive {
                 !self.filters_reads(caller) || self.hit_visible(caller, &h.attrs, Level::Instance)
             })
             .collect();
-        self.audit_search(caller, Level::Instance, filters, hits.len())?;
+        self.audit_search(
+            caller,
+            Level::Instance,
+            filters,
+            hits.iter().map(|h| &h.attrs),
+        )?;
         Ok(hits)
     }
 

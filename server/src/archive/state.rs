@@ -156,6 +156,23 @@ pub struct Maps {
 
 impl Maps {
     fn index_document(&mut self, record: DocumentRecord) {
+        // A document announced again (corrected) may name other keys: drop the old ones.
+        if let Some(old) = self.documents.get(&record.document.id) {
+            let old = old.document.clone();
+            let forget = |map: &mut HashMap<String, Vec<String>>, key: &str| {
+                if let Some(ids) = map.get_mut(key) {
+                    ids.retain(|i| i != &old.id);
+                }
+            };
+            forget(&mut self.documents_by_service_event, &old.service_event_id);
+            forget(&mut self.documents_by_study, &old.study_instance_uid);
+            if let Some(ids) = self
+                .documents_by_accession
+                .get_mut(&(old.patient_id.clone(), old.accession_number.clone()))
+            {
+                ids.retain(|i| i != &old.id);
+            }
+        }
         let d = &record.document;
         let id = d.id.clone();
         let add = |ids: &mut Vec<String>| {

@@ -69,7 +69,7 @@ impl axum::extract::FromRequestParts<State> for Who {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.to_string())
             .unwrap_or_default();
-        let protocol = if parts.uri.path().starts_with(crate::api::PREFIX) {
+        let protocol = if parts.extensions.get::<crate::api::ApiRequest>().is_some() {
             "api"
         } else {
             "dicomweb"

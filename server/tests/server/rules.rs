@@ -196,3 +196,42 @@ fn the_national_profile_refuses_to_start_without_identities() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_walkthrough_in_docs_runs_as_written() {
+    let tools = ["curl", "jq", "/usr/bin/dump2dcm", "/usr/bin/storescu"];
+    let missing: Vec<&str> = tools
+        .into_iter()
+        .filter(|t| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .collect();
+    if !missing.is_empty() {
+        if std::env::var_os("KUVASTO_REQUIRE_SAMPLES").is_some() {
+            panic!("KUVASTO_REQUIRE_SAMPLES is set but {missing:?} are missing");
+        }
+        eprintln!("skipped: {missing:?} not installed (scripts/test.sh installs them)");
+        return;
+    }
+    let server = Server::start(&["--profile", "national", "--config", &national_config()]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/walkthrough.sh");
+    for run in 1..=2 {
+        let out = Command::new("bash")
+            .arg(&script)
+            .env("KUVASTO_HTTP", &server.addr)
+            .env("KUVASTO_DIMSE", dimse_address(&server))
+            .output()
+            .expect("run the walkthrough");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stdout.contains("walkthrough finished: OK"),
+            "run {run}: {}\n{stdout}\n{stderr}",
+            out.status
+        );
+    }
+}
