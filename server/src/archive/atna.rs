@@ -1079,7 +1079,12 @@ mod tests {
 
     #[test]
     fn a_read_makes_the_caller_the_destination() {
-        for action in ["retrieve", "retrieve-frames", "metadata", "patient-view"] {
+        for action in [
+            "retrieve",
+            "retrieve-frames",
+            "retrieve-metadata",
+            "patient-view",
+        ] {
             let (_, root) = render(&record(action));
             let event = root.child("EventIdentification");
             assert_eq!(codes(event, "EventID")[0].0, "110103", "{action}");
@@ -1144,10 +1149,11 @@ mod tests {
             ("retrieve", "110103", "R"),
             ("retrieve-metadata", "110103", "R"),
             ("retrieve-bulkdata", "110103", "R"),
-            ("metadata", "110103", "R"),
-            ("frames", "110103", "R"),
-            ("bulkdata", "110103", "R"),
-            ("rendered", "110103", "R"),
+            ("retrieve-metadata", "110103", "R"),
+            ("retrieve-frames", "110103", "R"),
+            ("retrieve-bulkdata", "110103", "R"),
+            ("document-read", "110110", "R"),
+            ("prohibition-read", "110110", "R"),
             ("commit-verify", "110103", "R"),
             ("patient-view", "110103", "R"),
             ("search", "110112", "E"),
@@ -1157,8 +1163,7 @@ mod tests {
             ("expire", "110103", "D"),
             ("release", "110103", "U"),
             ("restore", "110103", "U"),
-            ("correct", "110103", "U"),
-            ("move", "110103", "U"),
+            ("restore-instance", "110103", "U"),
             ("authorization-create", "110113", "E"),
             ("authorization-revoke", "110113", "E"),
             ("prohibition-set", "110110", "U"),
