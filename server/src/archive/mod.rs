@@ -29,6 +29,8 @@ pub mod directory;
 pub mod documents;
 pub mod identity;
 mod ingest;
+#[cfg(test)]
+mod proptests;
 pub mod search;
 pub mod state;
 pub mod time;

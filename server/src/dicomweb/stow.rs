@@ -155,6 +155,8 @@ async fn run(
                     report
                         .stored
                         .iter()
+                        // Quarantined instances are not available (`docs/rules.md` §3).
+                        .filter(|s| !s.quarantined)
                         .map(|s| crate::dimse::notify::StoredInstance::of(&s.attrs))
                         .collect(),
                 );

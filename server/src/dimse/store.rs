@@ -97,7 +97,9 @@ pub fn c_store(session: &mut Session, context: u8, request: Command) -> Result<(
     match outcome {
         Ok(stored) => {
             let notifier = &session.services.notifier;
-            if notifier.enabled() {
+            // A quarantined instance is not available, so it is not announced (nor later, on
+            // release: `docs/rules.md` §3).
+            if notifier.enabled() && !stored.quarantined {
                 session
                     .stored
                     .push(super::notify::StoredInstance::of(&stored.attrs));
