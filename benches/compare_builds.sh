@@ -11,7 +11,7 @@
 # `--profile standalone`, since the generated files are not national ones).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-: "${PREVIOUS:?set PREVIOUS to the other build's kuvasto binary}"
+: "${PREVIOUS:?set PREVIOUS to the kuvasto binary of the other build}"
 DIR="${BENCH_DIR:-target/bench-compare}"
 COUNT=${COUNT:-2000}
 ROUNDS=${ROUNDS:-3}
