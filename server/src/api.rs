@@ -306,6 +306,31 @@ async fn invalidate(
     .await
 }
 
+async fn correct(
+    axum::extract::State(state): St,
+    Who(caller): Who,
+    Path(study): Path<String>,
+    body: Bytes,
+) -> Response {
+    let request: crate::archive::CorrectionRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"service_event\": \"<OID>\", \"reason\": \"...\"}}: {e}"),
+            )
+        }
+    };
+    if request.reason.trim().is_empty() {
+        return problem(StatusCode::BAD_REQUEST, "a correction needs a reason");
+    }
+    let archive = state.archive.clone();
+    call(StatusCode::OK, move || {
+        archive.correct_study(&caller, &study, request)
+    })
+    .await
+}
+
 async fn restore(
     axum::extract::State(state): St,
     Who(caller): Who,
@@ -463,6 +488,7 @@ pub fn routes() -> Router<State> {
         .route("/quarantine/{study}/expire", post(expire))
         .route("/studies/{study}/invalidate", post(invalidate))
         .route("/studies/{study}/restore", post(restore))
+        .route("/studies/{study}/correct", post(correct))
         .route("/rejections", get(rejections))
         .route("/rejections/{sop}/restore", post(restore_instance))
         .route("/audit", get(audit))

@@ -5,7 +5,7 @@ The server runs `docs/examples/national.toml` (a county, an imaging company, ano
 the portal, the patient data repository, an operator) with a C-MOVE destination `MOVESCP`
 this suite listens as. Scenarios (one per server, `--scenario`):
 
-- `matrix`: the authorization matrix. Every read path (QIDO-RS, WADO-RS instance, WADO-RS
+- `matrix`: the authorization matrix. Every read path (QIDO-RS, WADO-RS instance, frames and
   metadata, C-FIND, C-MOVE, C-GET) and both write paths (STOW-RS, C-STORE) for the register's
   controller, the imaging company with no / valid / revoked / expired / read-only /
   write-only authorization, another organisation, with and without a disclosure prohibition,
@@ -444,6 +444,15 @@ def read_paths(name, who, study, ds, allowed, audit, destination, patient=None):
     if allowed:
         check(f"{name}: WADO bytes", data_set_bytes(ds) in r.content, "retrieved bytes differ")
     audit.expect(f"{name}: WADO instance", who, "retrieve", outcome, study=study)
+    # WADO-RS frames
+    r = requests.get(
+        http(f"/dicom-web/studies/{study}/series/{ds.SeriesInstanceUID}/instances/"
+             f"{ds.SOPInstanceUID}/frames/1"),
+        headers=headers(who, patient, {"Accept": 'multipart/related; type="application/octet-stream"'}))
+    check(f"{name}: WADO frames", r.status_code == (200 if allowed else 403), f"{r.status_code}")
+    if allowed:
+        check(f"{name}: frame bytes", bytes(range(128)) in r.content, "frame bytes differ")
+    audit.expect(f"{name}: WADO frames", who, "retrieve-frames", outcome, study=study)
     # WADO-RS metadata
     status, r = wado_metadata(who, study, patient)
     check(f"{name}: WADO metadata", status == (200 if allowed else 403), f"{status}")
@@ -711,6 +720,28 @@ def matrix():
     r = requests.post(http(f"/api/studies/{s1}/restore"), headers=headers("operator"))
     check("operator restores study 1", r.status_code == 200, r.text)
     read_paths("restored study", "county", s1, first, True, audit, destination)
+
+    # Correction: study 1 belonged to another service event, in the imaging company's own
+    # register; it moves there (and back), logged.
+    se7 = "1.2.246.10.2002.77.7"
+    r = announce(document("1.2.246.10.2002.88.7", "request", P1, service_event=se7,
+                          register=KUVANTAMO, author=KUVANTAMO))
+    check("request in the imaging company's register", r.status_code == 201, r.text)
+    body = {"service_event": se7, "reason": "linked to the wrong request"}
+    r = requests.post(http(f"/api/studies/{s1}/correct"), json=body, headers=headers("county"))
+    check("a system may not correct", r.status_code == 403, r.status_code)
+    r = requests.post(http(f"/api/studies/{s1}/correct"), json=body, headers=headers("operator"))
+    check("operator corrects study 1", r.status_code == 200 and r.json().get("register") == KUVANTAMO, r.text)
+    audit.expect("correct", "operator", "correct", "success", study=s1, contains=se7)
+    read_paths("corrected: new controller", "kuvantamo", s1, first, True, audit, destination)
+    read_paths("corrected: old controller", "county", s1, first, False, audit, destination)
+    r = requests.post(http(f"/api/studies/{s1}/correct"), json={"service_event": "1.2.246.10.1001.77.999", "reason": "x"},
+                      headers=headers("operator"))
+    check("correction to a service event without documents: 409", r.status_code == 409, f"{r.status_code} {r.text}")
+    r = requests.post(http(f"/api/studies/{s1}/correct"), json={"service_event": se1, "reason": "undo"},
+                      headers=headers("operator"))
+    check("operator corrects it back", r.status_code == 200 and r.json().get("register") == COUNTY, r.text)
+    read_paths("corrected back", "county", s1, first, True, audit, destination)
 
     # The audit log exports as DICOM audit messages too.
     r = requests.get(http(f"/api/audit?study={s1}&format=dicom&limit=5"), headers=headers("operator"))

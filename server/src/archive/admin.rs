@@ -48,6 +48,15 @@ pub struct AuthorizationRequest {
     pub service_events: Vec<String>,
 }
 
+/// A study correction, as the API takes it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorrectionRequest {
+    /// The service event (OID) whose request or visit note the study belongs to.
+    pub service_event: String,
+    pub reason: String,
+}
+
 /// A study in quarantine, for operators.
 #[derive(Debug, Clone, Serialize)]
 pub struct QuarantinedStudy {
@@ -724,6 +733,26 @@ impl Archive {
         self.audited(caller, "quarantine-list", "", "", "", result)
     }
 
+    /// An operator's operation on one study the rules know: the role check, the operation
+    /// (given the study's record; it returns its answer and the audit detail), and the audit
+    /// record either way.
+    fn study_operation<T>(
+        &self,
+        caller: &Caller,
+        study: &str,
+        action: &str,
+        what: &str,
+        operation: impl FnOnce(StudyRecord) -> Result<(T, String), ArchiveError>,
+    ) -> Result<T, ArchiveError> {
+        let record = self.study_record(study);
+        let patient = record
+            .as_ref()
+            .map(|r| r.patient.clone())
+            .unwrap_or_default();
+        let result = require(caller, &[Role::Operator], what).and_then(|()| operation(record?));
+        self.audited(caller, action, &patient, study, "", result)
+    }
+
     fn study_record(&self, study: &str) -> Result<StudyRecord, ArchiveError> {
         self.state
             .read()
@@ -736,14 +765,7 @@ impl Archive {
     /// Tries to link a quarantined study now (operators): to its announced documents, under
     /// its producer's write right.
     pub fn release(&self, caller: &Caller, study: &str) -> Result<StudyRecord, ArchiveError> {
-        let record = self.study_record(study);
-        let patient = record
-            .as_ref()
-            .map(|r| r.patient.clone())
-            .unwrap_or_default();
-        let result = (|| {
-            require(caller, &[Role::Operator], "release studies")?;
-            let record = record?;
+        self.study_operation(caller, study, "release", "release studies", |record| {
             if !matches!(record.state, StudyState::Quarantined { .. }) {
                 return Err(ArchiveError::Conflict(format!(
                     "study {study} is not in quarantine"
@@ -785,20 +807,12 @@ impl Archive {
             })??;
             let register = released.register.clone();
             Ok((released, format!("register={register}")))
-        })();
-        self.audited(caller, "release", &patient, study, "", result)
+        })
     }
 
     /// Deletes a quarantined study's instances (operators); the study is then `expired`.
     pub fn expire(&self, caller: &Caller, study: &str) -> Result<usize, ArchiveError> {
-        let record = self.study_record(study);
-        let patient = record
-            .as_ref()
-            .map(|r| r.patient.clone())
-            .unwrap_or_default();
-        let result = (|| {
-            require(caller, &[Role::Operator], "expire studies")?;
-            let mut record = record?;
+        self.study_operation(caller, study, "expire", "expire studies", |mut record| {
             if !matches!(record.state, StudyState::Quarantined { .. }) {
                 return Err(ArchiveError::Conflict(format!(
                     "only a quarantined study expires; {study} is not in quarantine"
@@ -831,8 +845,7 @@ impl Archive {
                 }
             }
             Ok((deleted, format!("instances={deleted}")))
-        })();
-        self.audited(caller, "expire", &patient, study, "", result)
+        })
     }
 
     /// Hides a study from every read path (operators): wrong patient, wrong study, ...
@@ -842,48 +855,99 @@ impl Archive {
         study: &str,
         reason: &str,
     ) -> Result<StudyRecord, ArchiveError> {
-        let record = self.study_record(study);
-        let patient = record
-            .as_ref()
-            .map(|r| r.patient.clone())
-            .unwrap_or_default();
-        let result = (|| {
-            require(caller, &[Role::Operator], "invalidate studies")?;
-            let mut record = record?;
-            if matches!(
-                record.state,
-                StudyState::Invalidated { .. } | StudyState::Expired { .. }
-            ) {
-                return Err(ArchiveError::Conflict(format!(
-                    "study {study} is already invalidated or expired"
-                )));
+        self.study_operation(
+            caller,
+            study,
+            "invalidate",
+            "invalidate studies",
+            |mut record| {
+                if matches!(
+                    record.state,
+                    StudyState::Invalidated { .. } | StudyState::Expired { .. }
+                ) {
+                    return Err(ArchiveError::Conflict(format!(
+                        "study {study} is already invalidated or expired"
+                    )));
+                }
+                let now = time::now_ms();
+                record.state = StudyState::Invalidated {
+                    reason: reason.to_string(),
+                    by: format!("{}/{}", caller.organisation(), caller.identity.id),
+                    at_ms: now,
+                    previous: Box::new(record.state.clone()),
+                };
+                record.changed_ms = now;
+                let changed = record.clone();
+                self.state
+                    .change(&self.store, |_| (vec![Change::Study(changed)], ()))?;
+                Ok((record, format!("reason={reason}")))
+            },
+        )
+    }
+
+    /// Links a study to another service event of the same patient (operators): the study was
+    /// tied to the wrong request, so it moves to that service event's register. Reversible
+    /// by correcting it back; the audit record names the old and the new link.
+    pub fn correct_study(
+        &self,
+        caller: &Caller,
+        study: &str,
+        request: CorrectionRequest,
+    ) -> Result<StudyRecord, ArchiveError> {
+        self.study_operation(caller, study, "correct", "correct studies", |record| {
+            if matches!(record.state, StudyState::Expired { .. }) {
+                return Err(ArchiveError::Conflict(format!("study {study} expired")));
             }
             let now = time::now_ms();
-            record.state = StudyState::Invalidated {
-                reason: reason.to_string(),
-                by: format!("{}/{}", caller.organisation(), caller.identity.id),
-                at_ms: now,
-                previous: Box::new(record.state.clone()),
-            };
-            record.changed_ms = now;
-            let changed = record.clone();
-            self.state
-                .change(&self.store, |_| (vec![Change::Study(changed)], ()))?;
-            Ok((record, format!("reason={reason}")))
-        })();
-        self.audited(caller, "invalidate", &patient, study, "", result)
+            let corrected = self.state.change(&self.store, |maps| {
+                let documents = maps.documents_for(&record.patient, &request.service_event, "", "");
+                let linking: Vec<_> = documents
+                    .iter()
+                    .filter(|d| {
+                        matches!(
+                            d.document.kind,
+                            DocumentKind::Request | DocumentKind::VisitNote
+                        )
+                    })
+                    .collect();
+                let Some(first) = linking
+                    .iter()
+                    .find(|d| d.document.kind == DocumentKind::Request)
+                    .or_else(|| linking.first())
+                else {
+                    return (
+                        vec![],
+                        Err(ArchiveError::Conflict(format!(
+                            "no request or visit note of patient {} for service event {}",
+                            record.patient, request.service_event
+                        ))),
+                    );
+                };
+                let mut corrected = record.clone();
+                corrected.service_event = request.service_event.clone();
+                corrected.register = first.document.register.clone();
+                corrected.documents = linking.iter().map(|d| d.document.id.clone()).collect();
+                if matches!(corrected.state, StudyState::Quarantined { .. }) {
+                    corrected.state = StudyState::Linked;
+                }
+                corrected.changed_ms = now;
+                (vec![Change::Study(corrected.clone())], Ok(corrected))
+            })??;
+            let detail = format!(
+                "service_event {} -> {} register {} -> {} reason={}",
+                record.service_event,
+                corrected.service_event,
+                record.register,
+                corrected.register,
+                request.reason
+            );
+            Ok((corrected, detail))
+        })
     }
 
     /// Undoes an invalidation (operators).
     pub fn restore_study(&self, caller: &Caller, study: &str) -> Result<StudyRecord, ArchiveError> {
-        let record = self.study_record(study);
-        let patient = record
-            .as_ref()
-            .map(|r| r.patient.clone())
-            .unwrap_or_default();
-        let result = (|| {
-            require(caller, &[Role::Operator], "restore studies")?;
-            let mut record = record?;
+        self.study_operation(caller, study, "restore", "restore studies", |mut record| {
             let StudyState::Invalidated { previous, .. } = &record.state else {
                 return Err(ArchiveError::Conflict(format!(
                     "study {study} is not invalidated"
@@ -895,8 +959,7 @@ impl Archive {
             self.state
                 .change(&self.store, |_| (vec![Change::Study(changed)], ()))?;
             Ok((record, String::new()))
-        })();
-        self.audited(caller, "restore", &patient, study, "", result)
+        })
     }
 
     /// The instances rejection notes hid (operators).

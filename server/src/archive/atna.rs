@@ -215,7 +215,9 @@ fn event(action: &str) -> Event {
         // Instances deleted (A.5.3.6, D; 110105 would need to know a whole study went).
         "delete" | "reject" | "invalidate" | "expire" => ev(INSTANCES_ACCESSED, "D", Kind::Change),
         // Instances updated (A.5.3.6, U).
-        "release" | "restore" | "restore-instance" => ev(INSTANCES_ACCESSED, "U", Kind::Change),
+        "release" | "restore" | "restore-instance" | "correct" => {
+            ev(INSTANCES_ACCESSED, "U", Kind::Change)
+        }
         // Who may do what changed (A.5.3.11, E, type 110136 Security Roles Changed).
         "authorization-create" | "authorization-revoke" => {
             ev(SECURITY_ALERT, "E", Kind::SecurityAlert)

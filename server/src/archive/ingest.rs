@@ -358,13 +358,7 @@ impl Archive {
             ),
             Err(e) => (Outcome::Failed, format!("rejection_note={note} {e}")),
         };
-        let register = self
-            .state
-            .read()
-            .studies
-            .get(&attrs.study_instance_uid)
-            .map(|s| s.register.clone())
-            .unwrap_or_default();
+        let register = self.register_of(&attrs.study_instance_uid);
         if let Err(e) = self.audit(
             caller,
             "reject",

@@ -520,6 +520,17 @@ impl Archive {
         }
     }
 
+    /// The register a study is stored in (empty when the rules do not know it or it awaits
+    /// its documents).
+    fn register_of(&self, study: &str) -> String {
+        self.state
+            .read()
+            .studies
+            .get(study)
+            .map(|s| s.register.clone())
+            .unwrap_or_default()
+    }
+
     /// Whether the rules filter what this caller finds (everything visible otherwise).
     fn filters_reads(&self, caller: &Caller) -> bool {
         !(self.directory.is_standalone() || caller.role() == Role::Operator)
@@ -788,13 +799,7 @@ impl Archive {
             return Ok(None);
         }
         let attrs = &metadata.attrs;
-        let register = self
-            .state
-            .read()
-            .studies
-            .get(&attrs.study_instance_uid)
-            .map(|s| s.register.clone())
-            .unwrap_or_default();
+        let register = self.register_of(&attrs.study_instance_uid);
         let allowed = self
             .may_read_study(caller, &attrs.study_instance_uid)
             .or_else(|reason| {

@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 const SUITE_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// `.venv`'s python, if it has pynetdicom (`scripts/test.sh` installs it).
-fn python() -> Option<PathBuf> {
+pub(crate) fn python() -> Option<PathBuf> {
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
     let ok = venv.exists()
         && Command::new(&venv)
-            .args(["-c", "import pynetdicom, pydicom, numpy"])
+            .args(["-c", "import pynetdicom, pydicom, numpy, requests"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -44,7 +44,7 @@ fn free_ports<const N: usize>() -> [u16; N] {
     std::array::from_fn(|i| listeners[i].local_addr().expect("local address").port())
 }
 
-fn dimse_address(server: &Server) -> String {
+pub(crate) fn dimse_address(server: &Server) -> String {
     let path = server.dir.path().join("dimse-addr");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -56,6 +56,45 @@ fn dimse_address(server: &Server) -> String {
         assert!(Instant::now() < deadline, "no DIMSE address file");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Runs `tests/python/<script>` with `args` under `python`, printing its output; panics when
+/// it fails or outlives `timeout`. Returns its stdout (the suites print a JSON summary last).
+pub(crate) fn run_suite(python: &Path, script: &str, args: &[String], timeout: Duration) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/python")
+        .join(script);
+    let output = tempfile::tempdir().expect("tempdir");
+    let stdout_path = output.path().join("stdout");
+    let stderr_path = output.path().join("stderr");
+    let started = Instant::now();
+    let mut child = Command::new(python)
+        .arg(&script)
+        .args(args)
+        .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
+        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
+        .spawn()
+        .expect("run the Python suite");
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the suite") {
+            break Some(status);
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stdout = std::fs::read_to_string(&stdout_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    println!("{stdout}");
+    if !stderr.trim().is_empty() {
+        println!("stderr:\n{stderr}");
+    }
+    let status = status.unwrap_or_else(|| panic!("{script:?} did not finish within {timeout:?}"));
+    assert!(status.success(), "{script:?} failed ({status})");
+    stdout
 }
 
 #[test]
@@ -71,42 +110,21 @@ fn pynetdicom_stores_finds_retrieves_moves_and_commits() {
     );
     let server = Server::start(&["--dimse-peers", &peers]);
     let dimse = dimse_address(&server);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/dimse_suite.py");
-    let output = tempfile::tempdir().expect("tempdir");
-    let stdout_path = output.path().join("stdout");
-    let stderr_path = output.path().join("stderr");
     let started = Instant::now();
-    let mut child = Command::new(python)
-        .arg(script)
-        .args(["--dimse", &dimse, "--http", &server.addr])
-        .args(["--scp-port", &scp_port.to_string()])
-        .args(["--commit-port", &commit_port.to_string()])
-        .args(["--ian-port", &ian_port.to_string()])
-        .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
-        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
-        .spawn()
-        .expect("run the pynetdicom suite");
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for the suite") {
-            break Some(status);
-        }
-        if started.elapsed() > SUITE_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let stdout = std::fs::read_to_string(&stdout_path).unwrap_or_default();
-    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-    println!("{stdout}");
-    if !stderr.trim().is_empty() {
-        println!("stderr:\n{stderr}");
+    let mut args: Vec<String> = vec![
+        "--dimse".into(),
+        dimse,
+        "--http".into(),
+        server.addr.clone(),
+    ];
+    for (flag, port) in [
+        ("--scp-port", scp_port),
+        ("--commit-port", commit_port),
+        ("--ian-port", ian_port),
+    ] {
+        args.extend([flag.to_string(), port.to_string()]);
     }
-    let Some(status) = status else {
-        panic!("the pynetdicom suite did not finish within {SUITE_TIMEOUT:?}");
-    };
-    assert!(status.success(), "the pynetdicom suite failed ({status})");
+    let stdout = run_suite(&python, "dimse_suite.py", &args, SUITE_TIMEOUT);
     let summary: serde_json::Value =
         serde_json::from_str(stdout.lines().last().unwrap_or("{}")).expect("summary");
     eprintln!(

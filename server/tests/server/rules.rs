@@ -6,28 +6,13 @@
 //! restart while a study waits in quarantine.
 
 use crate::dicomweb::Server;
-use std::path::{Path, PathBuf};
+use crate::dimse_python::{dimse_address, python, run_suite};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// One scenario's run may take this long before it is stopped and the test fails.
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// `.venv`'s python, if it has pynetdicom and requests (`scripts/test.sh` installs them).
-fn python() -> Option<PathBuf> {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-    let ok = venv.exists()
-        && Command::new(&venv)
-            .args(["-c", "import pynetdicom, pydicom, requests"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-    if !ok && std::env::var_os("KUVASTO_REQUIRE_SAMPLES").is_some() {
-        panic!("KUVASTO_REQUIRE_SAMPLES is set but .venv has no pynetdicom");
-    }
-    ok.then_some(venv)
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -43,81 +28,50 @@ fn national_config() -> String {
         .into_owned()
 }
 
-fn dimse_address(server: &Server) -> String {
-    let path = server.dir.path().join("dimse-addr");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(addr) = std::fs::read_to_string(&path) {
-            if !addr.is_empty() {
-                return addr;
-            }
-        }
-        assert!(Instant::now() < deadline, "no DIMSE address file");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Runs one scenario of the suite against `server`; panics unless every check passed.
 fn scenario(python: &Path, server: &Server, name: &str, move_port: u16, state: &Path) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/rules_suite.py");
-    let out = tempfile::tempdir().expect("tempdir");
-    let (stdout_path, stderr_path) = (out.path().join("stdout"), out.path().join("stderr"));
     let started = Instant::now();
-    let mut child = Command::new(python)
-        .arg(script)
-        .args(["--scenario", name, "--http", &server.addr])
-        .args(["--dimse", &dimse_address(server)])
-        .args(["--move-port", &move_port.to_string()])
-        .arg("--state")
-        .arg(state)
-        .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
-        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
-        .spawn()
-        .expect("run the rules suite");
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for the suite") {
-            break Some(status);
-        }
-        if started.elapsed() > SCENARIO_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let stdout = std::fs::read_to_string(&stdout_path).unwrap_or_default();
-    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-    println!("{stdout}");
-    if !stderr.trim().is_empty() {
-        println!("stderr:\n{stderr}");
-    }
-    let status = status.unwrap_or_else(|| panic!("{name} did not finish in {SCENARIO_TIMEOUT:?}"));
+    let args: Vec<String> = vec![
+        "--scenario".into(),
+        name.into(),
+        "--http".into(),
+        server.addr.clone(),
+        "--dimse".into(),
+        dimse_address(server),
+        "--move-port".into(),
+        move_port.to_string(),
+        "--state".into(),
+        state.to_string_lossy().into_owned(),
+    ];
+    let stdout = run_suite(python, "rules_suite.py", &args, SCENARIO_TIMEOUT);
     let summary: serde_json::Value =
         serde_json::from_str(stdout.lines().last().unwrap_or("{}")).expect("summary");
     eprintln!(
         "rules {name}: {summary} in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    assert!(
-        status.success(),
-        "the rules suite's {name} failed ({status})"
-    );
     assert_eq!(summary["failed"].as_u64(), Some(0), "{summary}");
     assert!(summary["passed"].as_u64().unwrap_or(0) > 0, "{summary}");
 }
 
-fn start(documents_first: &str, move_port: u16) -> Server {
+/// A national server on `dir` (fresh when `None`) whose C-MOVE destination is `MOVESCP`.
+fn start(dir: Option<tempfile::TempDir>, documents_first: &str, move_port: u16) -> Server {
     let peers = format!("MOVESCP=127.0.0.1:{move_port}");
-    Server::start(&[
+    let config = national_config();
+    let args = [
         "--profile",
         "national",
         "--config",
-        &national_config(),
+        &config,
         "--documents-first",
         documents_first,
         "--dimse-peers",
         &peers,
-    ])
+    ];
+    match dir {
+        Some(dir) => Server::start_in(dir, &args),
+        None => Server::start(&args),
+    }
 }
 
 #[test]
@@ -127,7 +81,7 @@ fn authorization_matrix_over_both_protocols_with_audit_records() {
         return;
     };
     let move_port = free_port();
-    let server = start("reject", move_port);
+    let server = start(None, "reject", move_port);
     let state = server.dir.path().join("state.json");
     scenario(&python, &server, "matrix", move_port, &state);
 }
@@ -139,7 +93,7 @@ fn documents_first_rejects_and_ingest_validates() {
         return;
     };
     let move_port = free_port();
-    let server = start("reject", move_port);
+    let server = start(None, "reject", move_port);
     let state = server.dir.path().join("state.json");
     scenario(&python, &server, "reject", move_port, &state);
 }
@@ -151,26 +105,13 @@ fn quarantine_releases_on_document_arrival_and_survives_a_restart() {
         return;
     };
     let move_port = free_port();
-    let server = start("quarantine", move_port);
+    let server = start(None, "quarantine", move_port);
     let state_dir = tempfile::tempdir().expect("tempdir");
     let state = state_dir.path().join("state.json");
     scenario(&python, &server, "quarantine-1", move_port, &state);
     let (status, dir) = server.stop();
     assert!(status.success(), "the server stopped badly: {status}");
-    let peers = format!("MOVESCP=127.0.0.1:{move_port}");
-    let server = Server::start_in(
-        dir,
-        &[
-            "--profile",
-            "national",
-            "--config",
-            &national_config(),
-            "--documents-first",
-            "quarantine",
-            "--dimse-peers",
-            &peers,
-        ],
-    );
+    let server = start(Some(dir), "quarantine", move_port);
     scenario(&python, &server, "quarantine-2", move_port, &state);
 }
 
