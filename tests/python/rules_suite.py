@@ -705,6 +705,20 @@ def matrix():
     check("operator restores the instance", r.status_code == 200, r.text)
     status, sops = qido_instances("county", s3)
     check("restored instance visible again", sorted(sops) == sorted([keep.SOPInstanceUID, bad_image.SOPInstanceUID]), sops)
+    # Over STOW-RS, with another reason code; a note from an organisation that may not write
+    # the study is refused like any other instance.
+    note2 = rejection_note(keep, [bad_image], code="113038")
+    status, reasons, r = stow("clinic", [note2])
+    check("a rejection note from another organisation: 0124", status == 409 and reasons == [0x0124], f"{status} {reasons}")
+    status, sops = qido_instances("county", s3)
+    check("nothing hidden by the refused note", len(sops) == 2, sops)
+    status, _, r = stow("county", [note2])
+    check("rejection note over STOW", status == 200, r.text[:200])
+    status, sops = qido_instances("county", s3)
+    check("hidden again", sops == [keep.SOPInstanceUID], sops)
+    r = requests.get(http("/api/rejections"), headers=headers("operator"))
+    hidden = {h["sop_instance"]: h for h in r.json()} if r.status_code == 200 else {}
+    check("the new reason is recorded", hidden.get(bad_image.SOPInstanceUID, {}).get("reason_code") == "113038", hidden.get(bad_image.SOPInstanceUID))
 
     # Study invalidation (e.g. wrong patient): hidden everywhere until restored.
     r = requests.post(http(f"/api/studies/{s1}/invalidate"), json={"reason": "wrong patient"},
