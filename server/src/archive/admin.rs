@@ -773,19 +773,14 @@ impl Archive {
             }
             let now = time::now_ms();
             let released = self.state.change(&self.store, |maps| {
-                let documents = maps.documents_for(
+                let linking = maps.linking_documents(
                     &record.patient,
                     &record.service_event,
                     &record.accession,
                     study,
                 );
                 let mut reasons = Vec::new();
-                for d in documents.iter().filter(|d| {
-                    matches!(
-                        d.document.kind,
-                        DocumentKind::Request | DocumentKind::VisitNote
-                    )
-                }) {
+                for d in linking {
                     match self.try_release(maps, &record, &d.document, now) {
                         Ok(released) => {
                             return (vec![Change::Study(released.clone())], Ok(released))
@@ -900,21 +895,9 @@ impl Archive {
             }
             let now = time::now_ms();
             let corrected = self.state.change(&self.store, |maps| {
-                let documents = maps.documents_for(&record.patient, &request.service_event, "", "");
-                let linking: Vec<_> = documents
-                    .iter()
-                    .filter(|d| {
-                        matches!(
-                            d.document.kind,
-                            DocumentKind::Request | DocumentKind::VisitNote
-                        )
-                    })
-                    .collect();
-                let Some(first) = linking
-                    .iter()
-                    .find(|d| d.document.kind == DocumentKind::Request)
-                    .or_else(|| linking.first())
-                else {
+                let linking =
+                    maps.linking_documents(&record.patient, &request.service_event, "", "");
+                let Some(first) = linking.first() else {
                     return (
                         vec![],
                         Err(ArchiveError::Conflict(format!(

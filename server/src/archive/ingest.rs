@@ -12,7 +12,6 @@
 
 use super::access::{register_right, Right};
 use super::audit::Outcome;
-use super::documents::DocumentKind;
 use super::state::{Change, Hidden, Maps, StudyRecord, StudyState, RECORD_VERSION};
 use super::validation::{check_sop_class, examination_of, validate_patient_id};
 use super::{time, Archive, Caller, Failure, FailureReason, Role};
@@ -216,16 +215,8 @@ impl Archive {
             };
             return (vec![], decision);
         }
-        let documents = maps.documents_for(patient, service_event, &attrs.accession_number, study);
-        let linking: Vec<_> = documents
-            .iter()
-            .filter(|d| {
-                matches!(
-                    d.document.kind,
-                    DocumentKind::Request | DocumentKind::VisitNote
-                )
-            })
-            .collect();
+        let linking =
+            maps.linking_documents(patient, service_event, &attrs.accession_number, study);
         let mut record = StudyRecord {
             v: RECORD_VERSION,
             study: study.clone(),
@@ -245,11 +236,7 @@ impl Archive {
             changed_ms: now,
         };
         // A request names the register best; a visit note serves when it is alone.
-        let chosen = linking
-            .iter()
-            .find(|d| d.document.kind == DocumentKind::Request)
-            .or_else(|| linking.first());
-        match chosen {
+        match linking.first() {
             Some(document) => {
                 let register = document.document.register.clone();
                 if let Err(reason) = register_right(

@@ -219,6 +219,31 @@ impl Maps {
         self.studies.insert(record.study.clone(), record);
     }
 
+    /// The documents that link a study (requests and visit notes; reports do not), requests
+    /// first: the first names the study's register.
+    pub fn linking_documents(
+        &self,
+        patient: &str,
+        service_event: &str,
+        accession: &str,
+        study: &str,
+    ) -> Vec<&DocumentRecord> {
+        use super::documents::DocumentKind;
+        let mut linking: Vec<&DocumentRecord> = self
+            .documents_for(patient, service_event, accession, study)
+            .into_iter()
+            .filter(|d| {
+                matches!(
+                    d.document.kind,
+                    DocumentKind::Request | DocumentKind::VisitNote
+                )
+            })
+            .collect();
+        // Stable: among requests (and among visit notes) the lookup order stays.
+        linking.sort_by_key(|d| d.document.kind != DocumentKind::Request);
+        linking
+    }
+
     /// The documents a study of `patient` links to: by service event, by accession number of
     /// the same patient, or naming the study; only documents of that patient, not invalidated.
     pub fn documents_for(
