@@ -38,7 +38,7 @@ use crate::segment::reader::Object;
 use crate::segment::recovery::sealed_directory;
 use crate::store::{Committed, PutStream, Shared, Store};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// How instances are read and indexed.
 #[derive(Debug, Clone)]
@@ -103,6 +103,10 @@ pub enum DicomError {
     /// [`DuplicatePolicy`] is to refuse.
     #[error("instance {sop_instance_uid} is already stored with different content")]
     Duplicate { sop_instance_uid: String },
+    /// Another put of this SOP Instance UID was committed while this one arrived, and the
+    /// policy is to refuse (the two were not compared: send it again to have it compared).
+    #[error("instance {sop_instance_uid} was stored by another request while this one arrived; send it again to have it compared")]
+    StoredMeanwhile { sop_instance_uid: String },
     /// The object has no file meta group and its SOP Instance UID was not found early enough
     /// to name it.
     #[error("no file meta information, and no SOP Instance UID in the first {0} bytes")]
@@ -126,6 +130,50 @@ pub(crate) struct Instances {
     pub catalog: Option<Arc<Catalog>>,
     pub open_report: CatalogOpenReport,
     indexer: Option<std::thread::JoinHandle<()>>,
+    /// Serialises indexing of sealed segments (the indexer thread and repairs), so that no
+    /// segment gets two runs.
+    indexing: Arc<Mutex<()>>,
+    /// SOP Instance UIDs whose puts are between their duplicate check and their commit.
+    claims: KeyClaims,
+}
+
+/// Per-key exclusion for the duplicate check: a put holds its SOP Instance UID from the
+/// moment it looks for a stored instance of that UID until its own commit is visible, so two
+/// concurrent puts of one UID cannot both find "nothing stored" and the second silently
+/// replace the first. At most one key per put in progress.
+#[derive(Debug, Default)]
+pub(crate) struct KeyClaims {
+    held: Mutex<std::collections::HashSet<String>>,
+    released: std::sync::Condvar,
+}
+
+/// Holds a claimed key; released when dropped (also when the put fails or is abandoned).
+pub(crate) struct KeyClaim<'a> {
+    claims: &'a KeyClaims,
+    key: String,
+}
+
+impl KeyClaims {
+    /// Waits until no other put holds `key`, then holds it.
+    fn claim(&self, key: &str) -> KeyClaim<'_> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        while held.contains(key) {
+            held = self.released.wait(held).unwrap_or_else(|p| p.into_inner());
+        }
+        held.insert(key.to_string());
+        KeyClaim {
+            claims: self,
+            key: key.to_string(),
+        }
+    }
+}
+
+impl Drop for KeyClaim<'_> {
+    fn drop(&mut self) {
+        let mut held = self.claims.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.remove(&self.key);
+        self.claims.released.notify_all();
+    }
 }
 
 impl Instances {
@@ -138,6 +186,8 @@ impl Instances {
                 catalog: None,
                 open_report: CatalogOpenReport::default(),
                 indexer: None,
+                indexing: Arc::default(),
+                claims: KeyClaims::default(),
             });
         };
         let (catalog, open_report) = Catalog::open(&dir, config.catalog_limits)?;
@@ -152,12 +202,15 @@ impl Instances {
         shared.set_seal_listener(tx);
         let indexer_shared = shared.clone();
         let indexer_catalog = catalog.clone();
+        let indexing: Arc<Mutex<()>> = Arc::default();
+        let indexer_indexing = indexing.clone();
         let indexer = std::thread::Builder::new()
             .name("kuvasto-indexer".into())
             .spawn(move || {
                 // Each notice means "a segment was sealed"; indexing every uncovered sealed
                 // segment makes a dropped notice harmless.
                 while rx.recv().is_ok() {
+                    let _indexing = indexer_indexing.lock().unwrap_or_else(|p| p.into_inner());
                     let indexed = index_sealed_segments(&indexer_shared, &indexer_catalog)
                         .and_then(|_| indexer_catalog.maybe_merge());
                     if let Err(e) = indexed {
@@ -173,7 +226,21 @@ impl Instances {
             catalog: Some(catalog),
             open_report,
             indexer: Some(indexer),
+            indexing,
+            claims: KeyClaims::default(),
         })
+    }
+
+    /// Indexes every sealed segment no run covers, now (after damaged runs were set aside),
+    /// then merges as usual; returns the segments indexed.
+    pub fn index_now(&self, shared: &Shared) -> Result<Vec<u64>> {
+        let Some(catalog) = &self.catalog else {
+            return Ok(Vec::new());
+        };
+        let _indexing = self.indexing.lock().unwrap_or_else(|p| p.into_inner());
+        let indexed = index_sealed_segments(shared, catalog)?;
+        catalog.maybe_merge()?;
+        Ok(indexed)
     }
 
     /// Stops the indexer (the writer has stopped; its seal listener was dropped).
@@ -188,8 +255,8 @@ impl Instances {
 /// Seal notices waiting for the indexer, at most (more are dropped: see the indexer loop).
 const SEAL_NOTICES_QUEUED_MAX: usize = 64;
 
-/// Adds a run for every sealed segment no run covers yet, oldest first.
-fn index_sealed_segments(shared: &Shared, catalog: &Catalog) -> Result<()> {
+/// Adds a run for every sealed segment no run covers yet, oldest first; returns their ids.
+fn index_sealed_segments(shared: &Shared, catalog: &Catalog) -> Result<Vec<u64>> {
     let covered = catalog.covered_segments();
     let sealed: Vec<_> = shared
         .read_segments()
@@ -197,6 +264,7 @@ fn index_sealed_segments(shared: &Shared, catalog: &Catalog) -> Result<()> {
         .filter(|s| s.is_sealed() && !covered.contains(&s.id))
         .cloned()
         .collect();
+    let mut indexed = Vec::with_capacity(sealed.len());
     for segment in sealed {
         let mut records = Vec::new();
         for entry in sealed_directory(&segment)? {
@@ -240,8 +308,9 @@ fn index_sealed_segments(shared: &Shared, catalog: &Catalog) -> Result<()> {
             }
         }
         catalog.add_segment_run(segment.id, records)?;
+        indexed.push(segment.id);
     }
-    Ok(())
+    Ok(indexed)
 }
 
 /// Where the object a metadata record describes is now (the locator knows; compaction may
@@ -929,6 +998,23 @@ impl<'s> InstancePut<'s> {
             return Ok(Err(refused));
         }
         let key = read.attrs.sop_instance_uid.clone();
+        // From here to the end the key is ours: a concurrent put of the same UID waits, and
+        // then finds this one stored.
+        let _claim = self.store.instances().claims.claim(&key);
+        if self.stream.is_some() && !self.replacing {
+            // This put streamed as a new instance; one of the same UID may have been committed
+            // meanwhile.
+            if let Some(existing) = self.store.get(Namespace::OBJECT, key.as_bytes())? {
+                if self.duplicates == DuplicatePolicy::Reject {
+                    return Err(DicomError::StoredMeanwhile {
+                        sop_instance_uid: key.clone(),
+                    }
+                    .into());
+                }
+                drop(existing);
+                self.replacing = true;
+            }
+        }
         let mut outcome = PutOutcome::Stored;
         let stream = match (self.stream.take(), self.same_as.take()) {
             (Some(stream), _) => Some(stream),

@@ -22,11 +22,13 @@
 
 pub mod dicom;
 pub mod error;
+pub mod histogram;
 pub mod index;
 pub mod instances;
 pub mod io;
 pub mod segment;
 pub mod store;
+pub mod verify;
 
 pub use error::{Error, Result};
 pub use segment::compaction::{CompactOptions, CompactionReport};
@@ -34,3 +36,4 @@ pub use segment::format::Namespace;
 pub use segment::reader::Object;
 pub use segment::recovery::{CorruptionFound, RecoveryReport};
 pub use store::{Committed, PendingPut, PutStream, Store, StoreConfig, StoreStats};
+pub use verify::{RepairReport, VerifyProgress, VerifyReport};

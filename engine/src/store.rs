@@ -15,6 +15,7 @@ use crate::segment::format::{
 use crate::segment::reader::{Object, SegmentHandle};
 use crate::segment::recovery::{recover, RecoveryReport};
 use crate::segment::writer::{Append, Body, LentBytes, Msg, Reply, Writer, FLUSHERS_MAX};
+use crate::verify::{RepairReport, VerifyProgress, VerifyReport};
 use std::collections::BTreeMap;
 use std::collections::VecDeque;
 use std::path::Path;
@@ -128,8 +129,15 @@ pub struct Committed {
     pub len: u64,
 }
 
+/// Bounds of the durable-write latency histogram, in microseconds.
+pub const DURABLE_WRITE_MICROS_BOUNDS: &[u64] = &[
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+/// Bounds of the commits-per-batch histogram.
+pub const BATCH_COMMITS_BOUNDS: &[u64] = &[1, 2, 4, 8, 16, 32, 64, 128, 256];
+
 /// Counters of the writer, for benches and metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EngineStats {
     pub batches: AtomicU64,
     pub syncs: AtomicU64,
@@ -138,10 +146,31 @@ pub struct EngineStats {
     pub commits_per_sync_max: AtomicU64,
     /// Time flushers spent waiting for their batch writes (durable ones included).
     pub write_nanos: AtomicU64,
+    /// How long a durable batch took from submission to durable (its `RWF_DSYNC` write, or
+    /// its write plus the `fdatasync` covering it), in microseconds.
+    pub durable_write_micros: crate::histogram::Histogram,
+    /// Commits (acknowledged puts, deletes) per batch written: the group commit at work.
+    pub batch_commits: crate::histogram::Histogram,
+}
+
+impl Default for EngineStats {
+    fn default() -> Self {
+        EngineStats {
+            batches: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
+            commits_per_sync_max: AtomicU64::new(0),
+            write_nanos: AtomicU64::new(0),
+            durable_write_micros: crate::histogram::Histogram::new(DURABLE_WRITE_MICROS_BOUNDS),
+            batch_commits: crate::histogram::Histogram::new(BATCH_COMMITS_BOUNDS),
+        }
+    }
 }
 
 impl EngineStats {
     pub(crate) fn record_batch(&self, bytes: u64, durable: bool, commits: usize) {
+        self.batch_commits.observe(commits as u64);
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.bytes_written.fetch_add(bytes, Ordering::Relaxed);
         if durable {
@@ -389,6 +418,71 @@ impl Store {
     /// What opening found: torn tails cut, seals finished, corruption (never served).
     pub fn recovery_report(&self) -> &RecoveryReport {
         &self.report
+    }
+
+    /// Scrubs the store: every record of every segment and every block of every index run
+    /// against its checksums, now, listing each damaged place with the keys it affects (see
+    /// [`crate::verify`]). Damage opening found and the scrub did not find again is
+    /// included. Reads only; the store keeps serving meanwhile. `progress` is called as the
+    /// scrub goes.
+    pub fn verify(&self, progress: &mut dyn FnMut(VerifyProgress)) -> Result<VerifyReport> {
+        let mut report = crate::verify::verify(&self.shared, self.catalog(), progress)?;
+        report.found_at_open = self
+            .report
+            .corruption
+            .iter()
+            .filter(|c| {
+                !report.segment_damage.iter().any(|d| {
+                    d.segment_id == c.segment_id
+                        && (d.offset == c.offset || d.record_offset == Some(c.offset))
+                })
+            })
+            .cloned()
+            .collect();
+        report.torn_tails_cut_at_open = self.report.torn_tails.clone();
+        report.runs_set_aside_at_open = self.catalog_open_report().runs_rejected.clone();
+        Ok(report)
+    }
+
+    /// Checks every index run now and sets aside (renames `*.kvi.bad`) each one with damage,
+    /// then indexes the segments they covered again, as opening does for a damaged run, and
+    /// checks the runs once more. Segments are never changed: damage there is for restoring
+    /// from a backup.
+    pub fn repair_indices(&self) -> Result<RepairReport> {
+        let mut report = RepairReport::default();
+        let Some(catalog) = self.catalog() else {
+            return Ok(report);
+        };
+        for run in catalog.runs() {
+            report.runs_checked += 1;
+            if run.scrub(&mut |_| {}).is_clean() {
+                continue;
+            }
+            let path = run.path().display().to_string();
+            drop(run);
+            if catalog.quarantine(&path)? {
+                report
+                    .runs_set_aside
+                    .push((path.clone(), format!("{path}.bad")));
+            }
+        }
+        if !report.runs_set_aside.is_empty() {
+            report.segments_reindexed = self.instances().index_now(&self.shared)?;
+        }
+        let runs = catalog.runs();
+        report.runs_after = runs.len();
+        for run in runs {
+            let path = run.path().display().to_string();
+            for p in run.scrub(&mut |_| {}).problems {
+                report.still_damaged.push(crate::verify::RunDamage {
+                    file: path.clone(),
+                    offset: p.offset,
+                    block: p.block,
+                    what: p.what,
+                });
+            }
+        }
+        Ok(report)
     }
 
     fn check_key(key: &[u8]) -> Result<()> {

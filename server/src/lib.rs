@@ -14,4 +14,7 @@ pub mod archive;
 pub mod config;
 pub mod dicomweb;
 pub mod dimse;
+pub mod import;
+pub mod metrics;
 pub mod serve;
+pub mod verify;

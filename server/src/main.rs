@@ -37,13 +37,42 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Bulk-load a legacy PACS export (directory trees, DICOMDIRs, files with or without
+    /// extension) through the archive rules, offline (stop the server first), resumable from
+    /// a journal. Exit code 0 when every file was stored (or already was), 1 when some were
+    /// rejected (the report says which), 2 for usage and open errors. See
+    /// docs/configuration.md.
+    Import {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        import: kuvasto_server::import::ImportArgs,
+    },
+    /// Scrub the store with the server stopped: every record of every segment (header and
+    /// body checksums, directories, trailers) and every block of every index run, listing each
+    /// damaged place with the objects it affects. Segments are never repaired (restore the
+    /// named objects from a backup); `--repair-indices` rebuilds damaged index runs from the
+    /// segments. Exit code 0 when clean (or only index runs were damaged and are repaired),
+    /// 1 when damage was found, 2 for usage and open errors. See docs/configuration.md.
+    Verify {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        verify: kuvasto_server::verify::VerifyArgs,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
     // Structured logs: key=value text by default, one JSON object per line with
-    // KUVASTO_LOG_FORMAT=json (for log shippers); RUST_LOG filters (default "info").
+    // KUVASTO_LOG_FORMAT=json (for log shippers); RUST_LOG filters (default "info"; "warn"
+    // for `import`, whose audit records are in the store and whose progress is on stderr).
+    let default_filter = match cli.command {
+        Command::Import { .. } => "warn",
+        _ => "info",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -60,7 +89,7 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
-    match Cli::parse().command {
+    match cli.command {
         Command::Serve { config } => kuvasto_server::serve::serve(config.resolve()?),
         Command::Compact {
             config,
@@ -86,6 +115,28 @@ fn main() -> anyhow::Result<()> {
             );
             store.close();
             Ok(())
+        }
+        Command::Import { config, import } => {
+            // 0: all stored; 1: some rejected; 2: usage or open errors.
+            let code = match kuvasto_server::import::run(&config, &import) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("Error: {e:#}");
+                    2
+                }
+            };
+            std::process::exit(code);
+        }
+        Command::Verify { config, verify } => {
+            // 0: clean (or index runs repaired); 1: damage found; 2: usage or open errors.
+            let code = match kuvasto_server::verify::run(&config, &verify) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("Error: {e:#}");
+                    kuvasto_server::verify::EXIT_ERROR
+                }
+            };
+            std::process::exit(code);
         }
         Command::Check { config } => {
             let store = kuvasto_server::serve::open_store(&config.resolve()?)?;

@@ -70,6 +70,7 @@ pub fn open_archive(config: &Config, store: Store) -> anyhow::Result<Archive> {
         directory,
         nomenclature,
         patient_ids,
+        metrics: Arc::new(crate::metrics::Metrics::new()),
     })
     .context("opening the archive rules' state and audit log")
 }
@@ -99,6 +100,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         bound: std::sync::OnceLock::new(),
         slots: Arc::new(tokio::sync::Semaphore::new(config.http.requests_max)),
         notifier: notifier.clone(),
+        stopping: std::sync::atomic::AtomicBool::new(false),
     });
     let grace = Duration::from_secs(config.http.shutdown_grace_seconds);
     let dimse = crate::dimse::scp::Listener::start(crate::dimse::session::Services {
@@ -149,7 +151,7 @@ async fn run_http(state: dicomweb::State, config: &Config, grace: Duration) -> a
         std::fs::write(path, local.to_string())
             .with_context(|| format!("writing the address file {}", path.display()))?;
     }
-    let app = dicomweb::router(state);
+    let app = dicomweb::router(state.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // Small responses must not wait for Nagle (see NOTES: storescu/clients stall without it).
     let listener = listener.tap_io(|tcp| {
@@ -165,6 +167,9 @@ async fn run_http(state: dicomweb::State, config: &Config, grace: Duration) -> a
     });
     let server = tokio::spawn(async move { server.await });
     signals.wait().await;
+    state
+        .stopping
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(
         grace_seconds = grace.as_secs(),
         "shutting down: no new connections; in-flight requests may finish"

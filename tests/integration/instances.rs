@@ -501,6 +501,81 @@ fn duplicates_are_idempotent_when_identical_and_follow_the_policy_when_not() {
 }
 
 #[test]
+fn concurrent_puts_of_one_uid_never_both_store() {
+    use kuvasto_engine::instances::{DuplicatePolicy, PutOutcome};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    // Deterministic: both puts stream before either commits, so both saw "nothing stored".
+    for (round, policy) in [DuplicatePolicy::Reject, DuplicatePolicy::Replace]
+        .into_iter()
+        .enumerate()
+    {
+        let sop = format!("1.2.3.9.{round}");
+        let (a, b) = (
+            ct("P1", "1.2.3", "1.2.3.9", &sop, 1),
+            ct("P1", "1.2.3", "1.2.3.9", &sop, 2),
+        );
+        let mut first = store.put_instance().on_duplicate(policy);
+        let mut second = store.put_instance().on_duplicate(policy);
+        first.write(&a).unwrap();
+        second.write(&b).unwrap();
+        assert_eq!(first.finish().unwrap().outcome, PutOutcome::Stored);
+        match policy {
+            DuplicatePolicy::Reject => {
+                let err = second.finish().unwrap_err();
+                assert!(
+                    matches!(err, Error::Dicom(DicomError::StoredMeanwhile { ref sop_instance_uid }) if *sop_instance_uid == sop),
+                    "{err}"
+                );
+                let stored = store
+                    .get(Namespace::OBJECT, sop.as_bytes())
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(stored.read_all().unwrap(), a, "the first stays");
+            }
+            DuplicatePolicy::Replace => {
+                assert_eq!(second.finish().unwrap().outcome, PutOutcome::Replaced);
+                let stored = store
+                    .get(Namespace::OBJECT, sop.as_bytes())
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(
+                    stored.read_all().unwrap(),
+                    b,
+                    "the later replaces, and says so"
+                );
+            }
+        }
+    }
+    // Racing threads: exactly one of two different instances of one UID is stored.
+    for round in 0..20 {
+        let sop = format!("1.2.3.8.{round}");
+        let outcomes: Vec<bool> = std::thread::scope(|s| {
+            let handles: Vec<_> = (1..=2)
+                .map(|n| {
+                    let (store, sop) = (&store, sop.clone());
+                    s.spawn(move || {
+                        let bytes = ct("P1", "1.2.3", "1.2.3.8", &sop, n);
+                        let mut put = store.put_instance().on_duplicate(DuplicatePolicy::Reject);
+                        bytes
+                            .chunks(8192)
+                            .try_for_each(|piece| put.write(piece))
+                            .and_then(|()| put.finish())
+                            .is_ok()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(
+            outcomes.iter().filter(|ok| **ok).count(),
+            1,
+            "round {round}: {outcomes:?}"
+        );
+    }
+}
+
+#[test]
 fn a_caller_check_refuses_before_anything_is_visible() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), StoreConfig::default()).unwrap();

@@ -9,3 +9,4 @@ mod dicom_samples;
 mod faults;
 mod instances;
 mod model;
+mod verify;

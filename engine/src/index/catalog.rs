@@ -384,6 +384,12 @@ impl Catalog {
         self.read().mem.len()
     }
 
+    /// The runs open now, oldest first (each stays mapped while its `Arc` is held, even if
+    /// a merge replaces it meanwhile).
+    pub fn runs(&self) -> Vec<Arc<Run>> {
+        self.read().runs.iter().map(|(_, r)| r.clone()).collect()
+    }
+
     /// Verifies every byte of every run.
     pub fn verify(&self) -> Result<()> {
         let runs: Vec<_> = self.read().runs.iter().map(|(_, r)| r.clone()).collect();

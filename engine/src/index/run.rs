@@ -997,6 +997,34 @@ pub struct InstanceRow {
     pub location: InstanceLocation,
 }
 
+/// Most damaged places [`Run::scrub`] lists per run.
+pub const RUN_PROBLEMS_LISTED_MAX: usize = 1000;
+
+/// A damaged place of a run file, found by [`Run::scrub`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunProblem {
+    /// File offset of the damaged bytes (the block's start, or the checksum field).
+    pub offset: u64,
+    /// The damaged 4 KiB block, when a block failed.
+    pub block: Option<u64>,
+    /// What failed, e.g. "block 3 checksum".
+    pub what: String,
+}
+
+/// What [`Run::scrub`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunScrub {
+    pub problems: Vec<RunProblem>,
+    /// Damaged blocks beyond those listed.
+    pub blocks_unlisted: u64,
+}
+
+impl RunScrub {
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty() && self.blocks_unlisted == 0
+    }
+}
+
 /// An open run (see the module documentation).
 pub struct Run {
     path: PathBuf,
@@ -1216,6 +1244,50 @@ impl Run {
         }
         word.fetch_or(bit, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Checks the header, the block-CRC table and every block again, now, whatever was
+    /// verified before (a scrub for `kuvasto verify`), and lists every damaged place (at most
+    /// [`RUN_PROBLEMS_LISTED_MAX`] blocks; [`RunScrub::blocks_unlisted`] counts the rest).
+    /// `progress` is told the bytes checked as the scrub goes.
+    pub fn scrub(&self, progress: &mut dyn FnMut(u64)) -> RunScrub {
+        let mut out = RunScrub::default();
+        let h = &self.map[..RUN_HEADER_BYTES as usize];
+        if le32(h, 508) != crc32fast::hash(&h[..508]) {
+            out.problems.push(RunProblem {
+                offset: 508,
+                block: None,
+                what: "header checksum".into(),
+            });
+        }
+        let table = &self.map[self.crc_at as usize..];
+        if le32(h, 500) != crc32fast::hash(table) {
+            out.problems.push(RunProblem {
+                offset: self.crc_at,
+                block: None,
+                what: "block-CRC table checksum".into(),
+            });
+        }
+        progress(RUN_HEADER_BYTES + table.len() as u64);
+        let blocks = (self.crc_at - RUN_HEADER_BYTES) / RUN_BLOCK_BYTES;
+        for block in 0..blocks {
+            let start = RUN_HEADER_BYTES + block * RUN_BLOCK_BYTES;
+            let data = &self.map[start as usize..(start + RUN_BLOCK_BYTES) as usize];
+            let expected = le32(table, (block * 4) as usize);
+            if crc32fast::hash(data) != expected {
+                if out.problems.len() < RUN_PROBLEMS_LISTED_MAX {
+                    out.problems.push(RunProblem {
+                        offset: start,
+                        block: Some(block),
+                        what: format!("block {block} checksum"),
+                    });
+                } else {
+                    out.blocks_unlisted += 1;
+                }
+            }
+            progress(RUN_BLOCK_BYTES);
+        }
+        out
     }
 
     /// Verifies every block (for `kuvasto check` and tests).

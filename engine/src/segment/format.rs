@@ -610,29 +610,37 @@ pub fn encode_directory(entries: &[DirEntry]) -> Vec<u8> {
     out
 }
 
+/// Decodes the directory entry at the start of `body` (a directory body from some entry's
+/// start on); returns it and the bytes it takes.
+pub fn decode_directory_entry(body: &[u8]) -> Result<(DirEntry, usize), String> {
+    if body.len() < DIR_ENTRY_FIXED_BYTES {
+        return Err("directory entry truncated".into());
+    }
+    let kind = RecordKind::from_u8(body[1])
+        .filter(|k| k.is_findable())
+        .ok_or_else(|| format!("directory entry of kind {}", body[1]))?;
+    let key_len = usize::from(le_u16(body, 2));
+    if key_len > KEY_BYTES_MAX || body.len() < DIR_ENTRY_FIXED_BYTES + key_len {
+        return Err("directory entry key truncated or too long".into());
+    }
+    let entry = DirEntry {
+        namespace: Namespace(body[0]),
+        kind,
+        generation: le_u32(body, 4),
+        seq: le_u64(body, 8),
+        offset: le_u64(body, 16),
+        object_len: le_u64(body, 24),
+        key: body[DIR_ENTRY_FIXED_BYTES..DIR_ENTRY_FIXED_BYTES + key_len].to_vec(),
+    };
+    Ok((entry, DIR_ENTRY_FIXED_BYTES + key_len))
+}
+
 pub fn decode_directory(mut body: &[u8], expected_entries: u32) -> Result<Vec<DirEntry>, String> {
     let mut entries = Vec::with_capacity((expected_entries as usize).min(1 << 20));
     while !body.is_empty() {
-        if body.len() < DIR_ENTRY_FIXED_BYTES {
-            return Err("directory entry truncated".into());
-        }
-        let kind = RecordKind::from_u8(body[1])
-            .filter(|k| k.is_findable())
-            .ok_or_else(|| format!("directory entry of kind {}", body[1]))?;
-        let key_len = usize::from(le_u16(body, 2));
-        if key_len > KEY_BYTES_MAX || body.len() < DIR_ENTRY_FIXED_BYTES + key_len {
-            return Err("directory entry key truncated or too long".into());
-        }
-        entries.push(DirEntry {
-            namespace: Namespace(body[0]),
-            kind,
-            generation: le_u32(body, 4),
-            seq: le_u64(body, 8),
-            offset: le_u64(body, 16),
-            object_len: le_u64(body, 24),
-            key: body[DIR_ENTRY_FIXED_BYTES..DIR_ENTRY_FIXED_BYTES + key_len].to_vec(),
-        });
-        body = &body[DIR_ENTRY_FIXED_BYTES + key_len..];
+        let (entry, used) = decode_directory_entry(body)?;
+        entries.push(entry);
+        body = &body[used..];
     }
     if entries.len() != expected_entries as usize {
         return Err(format!(

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::io::{Mapping, StorageFile};
 use std::borrow::Cow;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 /// Reads of a sealed segment at least this long ask the kernel to read ahead (mappings are
@@ -28,6 +29,9 @@ pub struct SegmentHandle {
     pub id: u64,
     pub file: Box<dyn StorageFile>,
     sealed_map: OnceLock<Mapping>,
+    /// Every byte before this offset is durable (for an unsealed segment: the end of its last
+    /// durable batch; the header page at least).
+    durable_end: AtomicU64,
 }
 
 impl SegmentHandle {
@@ -36,6 +40,21 @@ impl SegmentHandle {
             id,
             file,
             sealed_map: OnceLock::new(),
+            durable_end: AtomicU64::new(super::format::SEGMENT_HEADER_BYTES),
+        }
+    }
+
+    /// Notes that every byte before `end` is durable.
+    pub(crate) fn note_durable(&self, end: u64) {
+        self.durable_end.fetch_max(end, Ordering::Release);
+    }
+
+    /// Every byte before this offset is durable: the whole file once sealed; for an
+    /// unsealed segment, the end of its last durable batch (records end exactly there).
+    pub fn durable_end(&self) -> u64 {
+        match self.sealed_map.get() {
+            Some(map) => map.len() as u64,
+            None => self.durable_end.load(Ordering::Acquire),
         }
     }
 

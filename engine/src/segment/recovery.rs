@@ -258,6 +258,18 @@ pub(crate) fn recover(storage: &dyn Storage, segment_size_bytes_max: u64) -> Res
                         report.torn_tails.push((id, damage_start));
                     }
                 }
+                if scan.directory_at.is_some() && len % PAGE_BYTES != 0 {
+                    // Sealing truncates to a page boundary before it writes the footer, and
+                    // nothing else shortens a file, so no crash leaves a sealed segment this
+                    // long: its end was cut off (or bytes were appended).
+                    report.corruption.push(CorruptionFound {
+                        segment_id: id,
+                        offset: len - len % PAGE_BYTES,
+                        reason: format!(
+                            "trailer missing: the file is {len} bytes, not a multiple of {PAGE_BYTES} (truncated?); sealed again from its records"
+                        ),
+                    });
+                }
                 if let (Some(reason), None) = (trailer_damage, scan.directory_at) {
                     report.corruption.push(CorruptionFound {
                         segment_id: id,
@@ -314,6 +326,7 @@ pub(crate) fn recover(storage: &dyn Storage, segment_size_bytes_max: u64) -> Res
                 .map_err(|e| Error::io("fallocate", name.as_str(), e))?;
             file.sync_data()
                 .map_err(|e| Error::io("fdatasync", name.as_str(), e))?;
+            u.handle.note_durable(write_offset);
             active = Some(ActiveStart {
                 segment: u.handle.clone(),
                 write_offset,

@@ -666,6 +666,7 @@ fn flusher_loop(
         let file = segment.file.as_ref();
         // Submit in batch order, so the file grows as one sequential stream.
         order.wait_until(|s| s.submitted_below == number);
+        let submitted = std::time::Instant::now();
         let (buf, mut result) = match shared.poisoned() {
             Some(cause) => {
                 order.mark_submitted(number);
@@ -695,6 +696,12 @@ fn flusher_loop(
                 .sync_data()
                 .map_err(|e| Error::io("fdatasync", file.name(), e));
         }
+        if mode != WriteMode::Plain && result.is_ok() {
+            shared
+                .stats
+                .durable_write_micros
+                .observe(submitted.elapsed().as_micros() as u64);
+        }
         order.wait_until(|s| s.acked_below == number);
         if result.is_ok() {
             if let Some(cause) = shared.poisoned() {
@@ -703,6 +710,10 @@ fn flusher_loop(
         }
         match result {
             Ok(()) => {
+                if mode != WriteMode::Plain {
+                    // This batch and every byte before it in its segment are durable.
+                    segment.note_durable(offset + bytes);
+                }
                 shared
                     .stats
                     .record_batch(bytes, mode != WriteMode::Plain, commits.len());

@@ -71,7 +71,7 @@
 //!
 //! | action | EventID | EventActionCode | caller's / archive's `RoleIDCode` |
 //! |---|---|---|---|
-//! | `store`, `store-refused`, `quarantine` | 110104 DICOM Instances Transferred | C | 110153 Source / 110152 Destination |
+//! | `store`, `store-refused`, `quarantine`, `import-override` | 110104 DICOM Instances Transferred | C | 110153 Source / 110152 Destination |
 //! | `retrieve`, `retrieve*`, `metadata`, `frames`, `bulkdata`, `rendered`, `commit-verify`, `patient-view` | 110103 DICOM Instances Accessed | R | 110152 Destination / 110153 Source |
 //! | `search` | 110112 Query | E | 110153 Source / 110152 Destination |
 //! | `delete`, `reject`, `invalidate`, `expire` | 110103 DICOM Instances Accessed | D | none |
@@ -86,7 +86,9 @@
 //!   mandatory: the sender is the source, the receiver the destination. A.5.3.7 gives C when the
 //!   receiver did not hold the instances (R when it held identical ones, U when it replaced
 //!   them); the record does not say which, so C. A refused store is still C, with outcome 4. A
-//!   quarantined instance is one received and held until its documents arrive: also C.
+//!   quarantined instance is one received and held until its documents arrive: also C. An
+//!   instance an operator imports under the override (`kuvasto import --operator-override`)
+//!   is a transfer into the archive like any store: C.
 //! - Reads of stored data are "DICOM SOP Instances being viewed, utilized" (A.5.3.6) with R;
 //!   data flows from the archive (source) to the caller (destination).
 //! - A search is a Query (A.5.3.10, action E): the querying process is the source, the process
@@ -205,8 +207,11 @@ fn event(action: &str) -> Event {
     match action {
         // Completion of a transfer into the archive (A.5.3.7); C as the archive did not hold
         // the instances (the record does not tell identical re-sends apart); a refusal is C
-        // with outcome 4; a quarantined instance was received and is held.
-        "store" | "store-refused" | "quarantine" => ev(INSTANCES_TRANSFERRED, "C", Kind::Transfer),
+        // with outcome 4; a quarantined instance was received and is held; an operator's
+        // override import is a store like any other.
+        "store" | "store-refused" | "quarantine" | "import-override" => {
+            ev(INSTANCES_TRANSFERRED, "C", Kind::Transfer)
+        }
         // Stored instances viewed or used (A.5.3.6, R).
         "commit-verify" | "patient-view" => ev(INSTANCES_ACCESSED, "R", Kind::Read),
         retrieve if retrieve.starts_with("retrieve") => ev(INSTANCES_ACCESSED, "R", Kind::Read),
@@ -1148,6 +1153,7 @@ mod tests {
             ("store", "110104", "C"),
             ("store-refused", "110104", "C"),
             ("quarantine", "110104", "C"),
+            ("import-override", "110104", "C"),
             ("retrieve", "110103", "R"),
             ("retrieve-metadata", "110103", "R"),
             ("retrieve-bulkdata", "110103", "R"),

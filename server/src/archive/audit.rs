@@ -32,7 +32,7 @@ pub struct AuditRecord {
     pub role: String,
     /// The patient a portal identity acts for (empty otherwise).
     pub on_behalf_of: String,
-    /// `dicomweb`, `dimse` or `api`.
+    /// `dicomweb`, `dimse`, `api`, or `cli` (`kuvasto import`).
     pub protocol: String,
     /// Remote address, and AE title for DIMSE.
     pub peer: String,

@@ -120,6 +120,8 @@ pub struct Directory {
     controllers: HashMap<String, String>,
     by_ae_title: HashMap<String, Arc<Identity>>,
     by_token: HashMap<String, Arc<Identity>>,
+    /// Identity id → identity (operator commands act as a configured identity).
+    by_id: HashMap<String, Arc<Identity>>,
     /// Standalone: the one identity every caller gets.
     standalone: Option<Arc<Identity>>,
 }
@@ -159,9 +161,9 @@ impl Directory {
         }
         let mut by_ae_title = HashMap::new();
         let mut by_token = HashMap::new();
-        let mut ids = std::collections::HashSet::new();
+        let mut by_id = HashMap::new();
         for identity in config.identities {
-            if identity.id.trim().is_empty() || !ids.insert(identity.id.clone()) {
+            if identity.id.trim().is_empty() || by_id.contains_key(&identity.id) {
                 return Err(format!(
                     "identity id {:?} is empty or used twice",
                     identity.id
@@ -180,6 +182,7 @@ impl Directory {
                 ));
             }
             let identity = Arc::new(identity);
+            by_id.insert(identity.id.clone(), identity.clone());
             for ae in &identity.ae_titles {
                 let ae = ae.trim();
                 if ae.is_empty() || ae.len() > 16 {
@@ -222,6 +225,7 @@ impl Directory {
             controllers,
             by_ae_title,
             by_token,
+            by_id,
             standalone: None,
         })
     }
@@ -247,6 +251,7 @@ impl Directory {
             organisations: HashMap::from([(organisation.to_string(), org)]),
             by_ae_title: HashMap::new(),
             by_token: HashMap::new(),
+            by_id: HashMap::new(),
             standalone: Some(identity),
         }
     }
@@ -269,6 +274,15 @@ impl Directory {
             return Some(identity.clone());
         }
         self.by_token.get(token?).cloned()
+    }
+
+    /// A configured identity by its id, for operator commands (`kuvasto import --as`); in
+    /// the standalone profile, the one identity whatever the id.
+    pub fn by_id(&self, id: &str) -> Option<Arc<Identity>> {
+        if let Some(identity) = &self.standalone {
+            return Some(identity.clone());
+        }
+        self.by_id.get(id.trim()).cloned()
     }
 
     /// The AE titles of the national profile's identities, sorted.
@@ -368,6 +382,16 @@ mod tests {
         );
         assert!(directory.by_token(None).is_none());
         assert!(directory.by_token(Some("token-of-the-pacs-2")).is_none());
+        assert_eq!(
+            directory.by_id("portal").map(|i| i.role),
+            Some(Role::Portal)
+        );
+        assert!(directory.by_id("nobody").is_none());
+        let standalone = Directory::standalone("local");
+        assert_eq!(
+            standalone.by_id("anything").map(|i| i.id.clone()),
+            Some("standalone".into())
+        );
         assert_eq!(
             directory.controller_of("1.2.246.10.1"),
             Some("1.2.246.10.1")

@@ -9,6 +9,11 @@
 //! is refused or quarantined when no document is there yet. The study's record is durable
 //! before the instance is committed, so a crash can never leave an instance visible without
 //! the rules' decision.
+//!
+//! An operator's override for legacy imports (`Caller::override_register`, set by `kuvasto
+//! import --operator-override`) keeps the generic checks, validation and an existing study's
+//! patient, closed state and register, but skips documents first and the register's write
+//! right: a new study is linked in the named register with no documents.
 
 use super::access::{register_right, Right};
 use super::audit::Outcome;
@@ -46,6 +51,9 @@ pub struct Admission {
     /// The register it goes to (empty while quarantined without documents).
     pub register: String,
     pub quarantined: bool,
+    /// Placed under an operator's override (`Caller::override_register`): audited as
+    /// `import-override`.
+    pub overridden: bool,
 }
 
 /// IOCM rejection reasons (PS3.16 CID 7011): code → meaning.
@@ -103,6 +111,7 @@ impl Archive {
             return Ok(Admission {
                 register: caller.organisation().to_string(),
                 quarantined: false,
+                overridden: false,
             });
         }
         if !matches!(caller.role(), Role::System | Role::Operator) {
@@ -110,6 +119,18 @@ impl Archive {
                 FailureReason::NotAuthorized,
                 format!(
                     "a {} identity does not store instances",
+                    caller.role().name()
+                ),
+            ));
+        }
+        if caller.override_register.is_some() && caller.role() != Role::Operator {
+            // `kuvasto import` lets only operators override; anything else is a bug there,
+            // refused here rather than trusted.
+            debug_assert!(false, "an override by a {} identity", caller.role().name());
+            return Err(refuse(
+                FailureReason::NotAuthorized,
+                format!(
+                    "only an operator overrides the register rules, not a {} identity",
                     caller.role().name()
                 ),
             ));
@@ -135,9 +156,20 @@ impl Archive {
             .map(|t| t.trim().to_string())
             .unwrap_or_default();
         let now = time::now_ms();
-        let decided = self.state.change(&self.store, |maps| {
-            self.place(caller, attrs, &service_event, examination, maps, now)
-        });
+        let decided = self
+            .state
+            .change(&self.store, |maps| match &caller.override_register {
+                Some(register) => self.place_overridden(
+                    caller,
+                    register,
+                    attrs,
+                    &service_event,
+                    examination,
+                    maps,
+                    now,
+                ),
+                None => self.place(caller, attrs, &service_event, examination, maps, now),
+            });
         match decided {
             Ok(result) => result,
             Err(e) => Err(Failure {
@@ -148,6 +180,95 @@ impl Archive {
                 )
             }),
         }
+    }
+
+    /// Where an instance's study stands under an operator's override (legacy imports): an
+    /// existing study keeps its patient check, its closed state and its register (a
+    /// quarantined one stays quarantined and takes the instance), but neither documents first
+    /// nor the register's write right apply; a new study is linked in `register` with no
+    /// documents.
+    #[allow(clippy::too_many_arguments)]
+    fn place_overridden(
+        &self,
+        caller: &Caller,
+        register: &str,
+        attrs: &InstanceAttrs,
+        service_event: &str,
+        examination: Option<&super::validation::Examination>,
+        maps: &Maps,
+        now: i64,
+    ) -> (Vec<Change>, Result<Admission, Failure>) {
+        let study = &attrs.study_instance_uid;
+        let patient = &attrs.patient_id;
+        if self.directory.controller_of(register).is_none() {
+            return (
+                vec![],
+                Err(refuse(
+                    FailureReason::NotAuthorized,
+                    format!("override: register {register} is not a register of this archive"),
+                )),
+            );
+        }
+        if let Some(record) = maps.studies.get(study) {
+            let decision = if &record.patient != patient {
+                Err(refuse(
+                    FailureReason::WrongPatient,
+                    format!(
+                        "study {study} is stored for another patient than {patient:?}; correct the PatientID or the Study Instance UID"
+                    ),
+                ))
+            } else {
+                match &record.state {
+                    StudyState::Linked => Ok(Admission {
+                        register: record.register.clone(),
+                        quarantined: false,
+                        overridden: true,
+                    }),
+                    StudyState::Quarantined { .. } => Ok(Admission {
+                        register: record.register.clone(),
+                        quarantined: true,
+                        overridden: true,
+                    }),
+                    StudyState::Invalidated { reason, .. } => Err(refuse(
+                        FailureReason::StudyClosed,
+                        format!(
+                            "study {study} was invalidated ({reason}); it takes no new instances"
+                        ),
+                    )),
+                    StudyState::Expired { .. } => Err(refuse(
+                        FailureReason::StudyClosed,
+                        format!("study {study} expired from quarantine; it takes no new instances"),
+                    )),
+                }
+            };
+            return (vec![], decision);
+        }
+        let record = StudyRecord {
+            v: RECORD_VERSION,
+            study: study.clone(),
+            patient: patient.clone(),
+            register: register.to_string(),
+            producer: caller.organisation().to_string(),
+            producer_system: caller.identity.id.clone(),
+            service_event: service_event.to_string(),
+            accession: attrs.accession_number.clone(),
+            examination_code: examination.map(|e| e.code.clone()).unwrap_or_default(),
+            content_type: examination
+                .map(|e| e.content_type.name().to_string())
+                .unwrap_or_default(),
+            documents: Vec::new(),
+            state: StudyState::Linked,
+            created_ms: now,
+            changed_ms: now,
+        };
+        (
+            vec![Change::Study(record)],
+            Ok(Admission {
+                register: register.to_string(),
+                quarantined: false,
+                overridden: true,
+            }),
+        )
     }
 
     /// Where an instance's study stands: the changes to persist and the decision.
@@ -189,12 +310,14 @@ impl Archive {
                 .map(|_| Admission {
                     register: record.register.clone(),
                     quarantined: false,
+                    overridden: false,
                 })
                 .map_err(|reason| refuse(FailureReason::NotAuthorized, reason)),
                 StudyState::Quarantined { .. } if record.producer == organisation => {
                     Ok(Admission {
                         register: record.register.clone(),
                         quarantined: true,
+                        overridden: false,
                     })
                 }
                 StudyState::Quarantined { .. } => Err(refuse(
@@ -261,6 +384,7 @@ impl Archive {
                     Ok(Admission {
                         register,
                         quarantined: false,
+                        overridden: false,
                     }),
                 )
             }
@@ -284,6 +408,7 @@ impl Archive {
                             Ok(Admission {
                                 register: String::new(),
                                 quarantined: true,
+                                overridden: false,
                             }),
                         )
                     }

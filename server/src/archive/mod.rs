@@ -59,10 +59,16 @@ pub struct Caller {
     pub identity: Arc<Identity>,
     /// The patient a portal identity acts for.
     pub on_behalf_of: Option<String>,
-    /// `dicomweb`, `dimse` or `api`.
+    /// `dicomweb`, `dimse`, `api`, or `cli` (`kuvasto import`).
     pub protocol: &'static str,
     /// Remote address (and AE title for DIMSE, as `AE@address`).
     pub peer: String,
+    /// An operator's explicit override for legacy imports (`kuvasto import
+    /// --operator-override --register OID`): instances skip documents first and the register
+    /// write right, and a new study is placed, linked, in this register (validation still
+    /// applies). Only for an operator identity; every instance stored so is audited as
+    /// `import-override`.
+    pub override_register: Option<String>,
 }
 
 impl Caller {
@@ -155,7 +161,9 @@ impl Failure {
     /// Classifies an engine error met while storing.
     pub fn from_engine(error: &EngineError) -> Failure {
         let reason = match error {
-            EngineError::Dicom(DicomError::Duplicate { .. }) => FailureReason::DuplicateSopInstance,
+            EngineError::Dicom(
+                DicomError::Duplicate { .. } | DicomError::StoredMeanwhile { .. },
+            ) => FailureReason::DuplicateSopInstance,
             EngineError::Dicom(DicomError::Mismatch { .. }) => FailureReason::DataSetMismatch,
             EngineError::Dicom(_) => FailureReason::CannotUnderstand,
             EngineError::NoSpace { .. } | EngineError::Poisoned { .. } => {
@@ -238,6 +246,7 @@ pub struct Archive {
     audit: AuditLog,
     nomenclature: Nomenclature,
     patient_ids: PatientIdPolicy,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// An instance being stored: bytes go straight to the engine as they arrive.
@@ -299,11 +308,16 @@ impl Upload<'_> {
         };
         let admission = admitted.unwrap_or_default();
         let attrs = stored.attrs;
-        let detail = format!(
+        let mut detail = format!(
             "sop_instance={} outcome={:?} bytes={}",
             attrs.sop_instance_uid, stored.outcome, self.bytes
         );
-        let action = if admission.quarantined {
+        if admission.overridden && admission.quarantined {
+            detail.push_str(" quarantined");
+        }
+        let action = if admission.overridden {
+            "import-override"
+        } else if admission.quarantined {
             "quarantine"
         } else {
             "store"
@@ -324,6 +338,26 @@ impl Upload<'_> {
                 sop: Some((attrs.sop_class_uid.clone(), attrs.sop_instance_uid.clone())),
                 retryable: true,
             })?;
+        let outcome_label = if admission.quarantined {
+            "quarantined"
+        } else {
+            match stored.outcome {
+                PutOutcome::Stored => "stored",
+                PutOutcome::Identical => "identical",
+                PutOutcome::Replaced => "replaced",
+            }
+        };
+        let metrics = archive.metrics();
+        metrics.count(
+            "kuvasto_ingest_instances_total",
+            &[("protocol", caller.protocol), ("outcome", outcome_label)],
+            1,
+        );
+        metrics.count(
+            "kuvasto_ingest_bytes_total",
+            &[("protocol", caller.protocol)],
+            self.bytes,
+        );
         if attrs.sop_class_uid == ingest::KEY_OBJECT_SELECTION && !admission.quarantined {
             archive.apply_rejection_note(caller, &attrs);
         }
@@ -376,6 +410,7 @@ pub struct ArchiveParts {
     pub directory: Directory,
     pub nomenclature: Nomenclature,
     pub patient_ids: PatientIdPolicy,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Archive {
@@ -392,6 +427,7 @@ impl Archive {
             audit,
             nomenclature: parts.nomenclature,
             patient_ids: parts.patient_ids,
+            metrics: parts.metrics,
         })
     }
 
@@ -406,6 +442,11 @@ impl Archive {
 
     pub fn rules(&self) -> &Rules {
         &self.rules
+    }
+
+    /// What the archive and its adapters count (`/metrics`).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     /// Stops the audit writer and hands back the store (`None` while other holders remain).
@@ -458,6 +499,14 @@ impl Archive {
     }
 
     fn audit_refusal(&self, caller: &Caller, failure: &Failure, patient: &str, study: &str) {
+        self.metrics.count(
+            "kuvasto_ingest_refusals_total",
+            &[
+                ("protocol", caller.protocol),
+                ("reason", &format!("{:04X}", failure.reason.code())),
+            ],
+            1,
+        );
         let detail = format!(
             "sop_instance={} reason={:04X} {}",
             failure.sop.as_ref().map_or("", |(_, i)| i.as_str()),
@@ -838,6 +887,16 @@ impl Archive {
             &register,
             format!("sop_instance={sop_instance_uid}"),
         )?;
+        self.metrics.count(
+            "kuvasto_retrieve_instances_total",
+            &[("protocol", caller.protocol), ("action", what)],
+            1,
+        );
+        self.metrics.count(
+            "kuvasto_retrieve_bytes_total",
+            &[("protocol", caller.protocol)],
+            object.len,
+        );
         Ok(Some((object, metadata)))
     }
 

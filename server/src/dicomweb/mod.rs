@@ -45,6 +45,8 @@ pub struct AppState {
     pub slots: Arc<tokio::sync::Semaphore>,
     /// Announces each STOW request's studies to subscribed DIMSE peers.
     pub notifier: Arc<crate::dimse::notify::Notifier>,
+    /// Set once shutdown began: `/ready` answers 503 from then on.
+    pub stopping: std::sync::atomic::AtomicBool,
 }
 
 pub type State = Arc<AppState>;
@@ -137,6 +139,7 @@ impl AppState {
             on_behalf_of,
             protocol,
             peer,
+            override_register: None,
         })
     }
 
@@ -214,6 +217,107 @@ impl IntoResponse for Refusal {
     }
 }
 
+/// `/health`: the process serves HTTP (liveness).
+async fn health() -> Response {
+    (StatusCode::OK, "ok\n").into_response()
+}
+
+/// `/ready`: 200 while the server takes requests (both listeners up, the store writable),
+/// 503 with the reason otherwise (starting, shutting down, store read-only after a failed
+/// write or fsync).
+async fn ready(axum::extract::State(state): axum::extract::State<State>) -> Response {
+    use std::sync::atomic::Ordering;
+    if state.stopping.load(Ordering::Relaxed) {
+        return problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    }
+    if state.bound.get().is_none() {
+        return problem(StatusCode::SERVICE_UNAVAILABLE, "starting");
+    }
+    if let Some(cause) = state.archive.store().poisoned() {
+        return problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the store is read-only after a failed write: {cause}"),
+        );
+    }
+    (StatusCode::OK, "ready\n").into_response()
+}
+
+/// `/metrics`: Prometheus text format.
+async fn metrics(axum::extract::State(state): axum::extract::State<State>) -> Response {
+    let archive = state.archive.clone();
+    match tokio::task::spawn_blocking(move || archive.metrics().render(archive.store())).await {
+        Ok(text) => {
+            let mut response = (StatusCode::OK, text).into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Path segments after which the next segment is a parameter (a UID, an id, a patient).
+const PARAMETER_AFTER: &[&str] = &[
+    "studies",
+    "series",
+    "instances",
+    "frames",
+    "bulkdata",
+    "documents",
+    "authorizations",
+    "patients",
+    "quarantine",
+    "rejections",
+];
+
+/// A request path with its parameters replaced by `{}`: the route label of its metrics
+/// (`/dicom-web/studies/{}/series/{}/metadata`).
+pub fn route_template(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut parameter_next = false;
+    for segment in path.split('/').filter(|s| !s.is_empty()) {
+        out.push('/');
+        if parameter_next {
+            out.push_str("{}");
+            parameter_next = false;
+        } else {
+            out.push_str(segment);
+            parameter_next = PARAMETER_AFTER.contains(&segment);
+        }
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+/// Counts and times every request (to its response head), by route and method.
+async fn timed(
+    axum::extract::State(state): axum::extract::State<State>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = route_template(request.uri().path());
+    let method = request.method().as_str().to_string();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let metrics = state.archive.metrics();
+    let status = format!("{}xx", response.status().as_u16() / 100);
+    metrics.observe_seconds(
+        "kuvasto_http_request_duration_seconds",
+        &[("route", &route), ("method", &method)],
+        started.elapsed().as_secs_f64(),
+    );
+    metrics.count(
+        "kuvasto_http_requests_total",
+        &[("route", &route), ("method", &method), ("status", &status)],
+        1,
+    );
+    response
+}
+
 /// The DICOMweb routes.
 pub fn router(state: State) -> Router {
     let routes = Router::new()
@@ -261,6 +365,9 @@ pub fn router(state: State) -> Router {
     Router::new()
         .nest(PREFIX, routes)
         .nest(crate::api::PREFIX, crate::api::routes())
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
         .fallback(|| async {
             problem(
                 StatusCode::NOT_FOUND,
@@ -269,5 +376,6 @@ pub fn router(state: State) -> Router {
         })
         // Bodies are streamed into the engine, which bounds each instance; no whole-body limit.
         .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(state.clone(), timed))
         .with_state(state)
 }

@@ -228,6 +228,19 @@ fn calling_ae_titles(services: &Services) -> CallingAeTitles {
     }
 }
 
+/// Runs `f` when dropped (the association gauge goes down however a session ends).
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
 /// A-ASSOCIATE-RJ, transient, service provider (presentation): local limit exceeded — sent
 /// without waiting for the request, so a full listener never blocks on a peer.
 fn refuse_busy(mut stream: TcpStream) {
@@ -271,6 +284,9 @@ fn serve_association(
         .directory()
         .by_ae_title(&peer_ae_title)
         .ok_or_else(|| anyhow::anyhow!("calling AE title {peer_ae_title} has no identity"))?;
+    let metrics = services.archive.metrics();
+    metrics.association_opened();
+    let _closed = scopeguard(|| metrics.association_closed());
     let session = Session {
         link: super::link::Link::new(association),
         services,
@@ -279,6 +295,7 @@ fn serve_association(
             on_behalf_of: None,
             protocol: "dimse",
             peer: format!("{peer_ae_title}@{peer}"),
+            override_register: None,
         },
         peer_ae_title,
         stored: Vec::new(),

@@ -32,6 +32,20 @@ pub struct Session<'s> {
     pub stored: Vec<super::notify::StoredInstance>,
 }
 
+/// The metrics label of a command.
+fn service_name(field: u16) -> &'static str {
+    match field {
+        field::C_ECHO_RQ => "C-ECHO",
+        field::C_STORE_RQ => "C-STORE",
+        field::C_FIND_RQ => "C-FIND",
+        field::C_GET_RQ => "C-GET",
+        field::C_MOVE_RQ => "C-MOVE",
+        field::N_ACTION_RQ => "N-ACTION",
+        field::C_CANCEL_RQ => "C-CANCEL",
+        _ => "other",
+    }
+}
+
 impl Session<'_> {
     /// Serves commands until the peer releases or aborts, or breaks the protocol (then the
     /// association is aborted); then announces the studies it stored into.
@@ -54,7 +68,19 @@ impl Session<'_> {
                     tracing::info!(peer = %self.caller.peer, "DIMSE association aborted by the peer");
                     return Ok(());
                 }
-                Ok(Incoming::Command { context, command }) => self.dispatch(context, *command),
+                Ok(Incoming::Command { context, command }) => {
+                    let service = service_name(command.field);
+                    let started = std::time::Instant::now();
+                    let result = self.dispatch(context, *command);
+                    let metrics = self.services.archive.metrics();
+                    metrics.observe_seconds(
+                        "kuvasto_dimse_operation_duration_seconds",
+                        &[("service", service)],
+                        started.elapsed().as_secs_f64(),
+                    );
+                    metrics.count("kuvasto_dimse_operations_total", &[("service", service)], 1);
+                    result
+                }
                 Err(e) => Err(e),
             };
             match result {

@@ -394,7 +394,7 @@ impl<'a, I: Iterator<Item = &'a str>> LastStatus for I {
     }
 }
 
-fn stow(server: &Server, path: &str, parts: &[&[u8]]) -> Reply {
+pub(crate) fn stow(server: &Server, path: &str, parts: &[&[u8]]) -> Reply {
     let body = multipart(parts, "KUVASTO-TEST-BOUNDARY");
     curl(
         &[
@@ -411,7 +411,7 @@ fn stow(server: &Server, path: &str, parts: &[&[u8]]) -> Reply {
 }
 
 /// The parts of a multipart response.
-fn parts_of(reply: &Reply) -> Vec<Vec<u8>> {
+pub(crate) fn parts_of(reply: &Reply) -> Vec<Vec<u8>> {
     let boundary = reply
         .content_type
         .split(';')

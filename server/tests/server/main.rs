@@ -6,4 +6,6 @@ mod cli;
 mod dicomweb;
 mod dimse;
 mod dimse_python;
+mod import;
+mod metrics;
 mod rules;
