@@ -204,45 +204,8 @@ pub struct Summary {
     pub stopped: Option<String>,
 }
 
-/// The short name of a failure reason, for the summary.
-pub fn reason_name(reason: FailureReason) -> &'static str {
-    match reason {
-        FailureReason::ProcessingFailure => "processing failure",
-        FailureReason::DuplicateSopInstance => "stored with other content",
-        FailureReason::SopClassNotSupported => "SOP class not supported",
-        FailureReason::NotAuthorized => "not authorized",
-        FailureReason::OutOfResources => "out of resources",
-        FailureReason::DataSetMismatch => "data set mismatch",
-        FailureReason::CannotUnderstand => "cannot understand",
-        FailureReason::DocumentsMissing => "documents missing",
-        FailureReason::InvalidPatientId => "invalid PatientID",
-        FailureReason::InvalidExaminationCode => "invalid examination code",
-        FailureReason::SopClassNotAllowed => "SOP class not allowed",
-        FailureReason::WrongPatient => "study of another patient",
-        FailureReason::StudyClosed => "study closed",
-    }
-}
-
 fn reason_name_of_code(code: u16) -> &'static str {
-    use FailureReason::*;
-    [
-        ProcessingFailure,
-        DuplicateSopInstance,
-        SopClassNotSupported,
-        NotAuthorized,
-        OutOfResources,
-        DataSetMismatch,
-        CannotUnderstand,
-        DocumentsMissing,
-        InvalidPatientId,
-        InvalidExaminationCode,
-        SopClassNotAllowed,
-        WrongPatient,
-        StudyClosed,
-    ]
-    .into_iter()
-    .find(|r| r.code() == code)
-    .map_or("other", reason_name)
+    FailureReason::from_code(code).map_or("other", FailureReason::name)
 }
 
 impl Summary {

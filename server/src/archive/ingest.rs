@@ -68,6 +68,34 @@ fn refuse(reason: FailureReason, message: impl Into<String>) -> Failure {
     Failure::new(reason, message)
 }
 
+/// The record of a study its first instance starts: linked, no register or documents yet.
+fn new_study_record(
+    caller: &Caller,
+    attrs: &InstanceAttrs,
+    service_event: &str,
+    examination: Option<&super::validation::Examination>,
+    now: i64,
+) -> StudyRecord {
+    StudyRecord {
+        v: RECORD_VERSION,
+        study: attrs.study_instance_uid.clone(),
+        patient: attrs.patient_id.clone(),
+        register: String::new(),
+        producer: caller.organisation().to_string(),
+        producer_system: caller.identity.id.clone(),
+        service_event: service_event.to_string(),
+        accession: attrs.accession_number.clone(),
+        examination_code: examination.map(|e| e.code.clone()).unwrap_or_default(),
+        content_type: examination
+            .map(|e| e.content_type.name().to_string())
+            .unwrap_or_default(),
+        documents: Vec::new(),
+        state: StudyState::Linked,
+        created_ms: now,
+        changed_ms: now,
+    }
+}
+
 impl Archive {
     /// Rules of every profile.
     pub(super) fn check_generic(
@@ -243,24 +271,8 @@ impl Archive {
             };
             return (vec![], decision);
         }
-        let record = StudyRecord {
-            v: RECORD_VERSION,
-            study: study.clone(),
-            patient: patient.clone(),
-            register: register.to_string(),
-            producer: caller.organisation().to_string(),
-            producer_system: caller.identity.id.clone(),
-            service_event: service_event.to_string(),
-            accession: attrs.accession_number.clone(),
-            examination_code: examination.map(|e| e.code.clone()).unwrap_or_default(),
-            content_type: examination
-                .map(|e| e.content_type.name().to_string())
-                .unwrap_or_default(),
-            documents: Vec::new(),
-            state: StudyState::Linked,
-            created_ms: now,
-            changed_ms: now,
-        };
+        let mut record = new_study_record(caller, attrs, service_event, examination, now);
+        record.register = register.to_string();
         (
             vec![Change::Study(record)],
             Ok(Admission {
@@ -340,24 +352,7 @@ impl Archive {
         }
         let linking =
             maps.linking_documents(patient, service_event, &attrs.accession_number, study);
-        let mut record = StudyRecord {
-            v: RECORD_VERSION,
-            study: study.clone(),
-            patient: patient.clone(),
-            register: String::new(),
-            producer: organisation.to_string(),
-            producer_system: caller.identity.id.clone(),
-            service_event: service_event.to_string(),
-            accession: attrs.accession_number.clone(),
-            examination_code: examination.map(|e| e.code.clone()).unwrap_or_default(),
-            content_type: examination
-                .map(|e| e.content_type.name().to_string())
-                .unwrap_or_default(),
-            documents: Vec::new(),
-            state: StudyState::Linked,
-            created_ms: now,
-            changed_ms: now,
-        };
+        let mut record = new_study_record(caller, attrs, service_event, examination, now);
         // A request names the register best; a visit note serves when it is alone.
         match linking.first() {
             Some(document) => {

@@ -129,6 +129,47 @@ pub enum FailureReason {
 }
 
 impl FailureReason {
+    /// Every reason, in code order.
+    pub const ALL: [FailureReason; 13] = [
+        FailureReason::ProcessingFailure,
+        FailureReason::DuplicateSopInstance,
+        FailureReason::SopClassNotSupported,
+        FailureReason::NotAuthorized,
+        FailureReason::OutOfResources,
+        FailureReason::DataSetMismatch,
+        FailureReason::CannotUnderstand,
+        FailureReason::DocumentsMissing,
+        FailureReason::InvalidPatientId,
+        FailureReason::InvalidExaminationCode,
+        FailureReason::SopClassNotAllowed,
+        FailureReason::WrongPatient,
+        FailureReason::StudyClosed,
+    ];
+
+    /// The reason of a status code, if it is one of ours.
+    pub fn from_code(code: u16) -> Option<FailureReason> {
+        FailureReason::ALL.into_iter().find(|r| r.code() == code)
+    }
+
+    /// A short name for reports (`C011 invalid PatientID`).
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureReason::ProcessingFailure => "processing failure",
+            FailureReason::DuplicateSopInstance => "stored with other content",
+            FailureReason::SopClassNotSupported => "SOP class not supported",
+            FailureReason::NotAuthorized => "not authorized",
+            FailureReason::OutOfResources => "out of resources",
+            FailureReason::DataSetMismatch => "data set mismatch",
+            FailureReason::CannotUnderstand => "cannot understand",
+            FailureReason::DocumentsMissing => "documents missing",
+            FailureReason::InvalidPatientId => "invalid PatientID",
+            FailureReason::InvalidExaminationCode => "invalid examination code",
+            FailureReason::SopClassNotAllowed => "SOP class not allowed",
+            FailureReason::WrongPatient => "study of another patient",
+            FailureReason::StudyClosed => "study closed",
+        }
+    }
+
     pub fn code(self) -> u16 {
         match self {
             FailureReason::ProcessingFailure => 0x0110,
