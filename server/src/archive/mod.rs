@@ -826,12 +826,11 @@ impl Archive {
         query: Query,
     ) -> Result<Vec<InstanceHit>, ArchiveError> {
         let filters = query.filters.len();
+        let filtered = self.filters_reads(caller);
         let hits: Vec<InstanceHit> = self
             .all_instances(query)?
             .into_iter()
-            .filter(|h| {
-                !self.filters_reads(caller) || self.hit_visible(caller, &h.attrs, Level::Instance)
-            })
+            .filter(|h| !filtered || self.hit_visible(caller, &h.attrs, Level::Instance))
             .collect();
         self.audit_search(
             caller,

@@ -361,39 +361,11 @@ impl State {
         let _writer = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let (changes, result) = change(&self.read());
         for c in &changes {
-            match c {
-                Change::Document(r) => store.put(
-                    Namespace::ARCHIVE,
-                    &key(keys::DOCUMENT, &r.document.id),
-                    &json(r),
-                )?,
-                Change::Study(r) => {
-                    store.put(Namespace::ARCHIVE, &key(keys::STUDY, &r.study), &json(r))?
-                }
-                Change::Authorization(a) => store.put(
-                    Namespace::ARCHIVE,
-                    &key(keys::AUTHORIZATION, &a.id),
-                    &json(a),
-                )?,
-                Change::Prohibition(p) => store.put(
-                    Namespace::ARCHIVE,
-                    &key(keys::PROHIBITION, &p.patient),
-                    &json(p),
-                )?,
-                Change::ClearProhibition(patient) => {
-                    store.delete(Namespace::ARCHIVE, &key(keys::PROHIBITION, patient))?;
-                    continue;
-                }
-                Change::Hidden(h) => store.put(
-                    Namespace::ARCHIVE,
-                    &key(keys::HIDDEN, &h.sop_instance),
-                    &json(h),
-                )?,
-                Change::Unhide(sop) => {
-                    store.delete(Namespace::ARCHIVE, &key(keys::HIDDEN, sop))?;
-                    continue;
-                }
-            };
+            let (key, body) = c.record();
+            match body {
+                Some(body) => store.put(Namespace::ARCHIVE, &key, &body).map(|_| ())?,
+                None => store.delete(Namespace::ARCHIVE, &key).map(|_| ())?,
+            }
         }
         let mut maps = self.maps.write().unwrap_or_else(|p| p.into_inner());
         for c in changes {
@@ -438,6 +410,21 @@ pub enum Change {
     ClearProhibition(String),
     Hidden(Hidden),
     Unhide(String),
+}
+
+impl Change {
+    /// The record's key in the `archive` namespace and its body; `None` deletes the key.
+    fn record(&self) -> (Vec<u8>, Option<Vec<u8>>) {
+        match self {
+            Change::Document(r) => (key(keys::DOCUMENT, &r.document.id), Some(json(r))),
+            Change::Study(r) => (key(keys::STUDY, &r.study), Some(json(r))),
+            Change::Authorization(a) => (key(keys::AUTHORIZATION, &a.id), Some(json(a))),
+            Change::Prohibition(p) => (key(keys::PROHIBITION, &p.patient), Some(json(p))),
+            Change::ClearProhibition(patient) => (key(keys::PROHIBITION, patient), None),
+            Change::Hidden(h) => (key(keys::HIDDEN, &h.sop_instance), Some(json(h))),
+            Change::Unhide(sop) => (key(keys::HIDDEN, sop), None),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -37,7 +37,7 @@ pub(crate) fn python() -> Option<PathBuf> {
 
 /// Ports free at the time of asking, all different (the listeners are held until all are
 /// known).
-fn free_ports<const N: usize>() -> [u16; N] {
+pub(crate) fn free_ports<const N: usize>() -> [u16; N] {
     let listeners: Vec<std::net::TcpListener> = (0..N)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
         .collect();

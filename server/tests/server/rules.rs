@@ -6,20 +6,13 @@
 //! restart while a study waits in quarantine.
 
 use crate::dicomweb::Server;
-use crate::dimse_python::{dimse_address, python, run_suite};
+use crate::dimse_python::{dimse_address, free_ports, python, run_suite};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// One scenario's run may take this long before it is stopped and the test fails.
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(600);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
 
 fn national_config() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -74,28 +67,26 @@ fn start(dir: Option<tempfile::TempDir>, documents_first: &str, move_port: u16) 
     }
 }
 
-#[test]
-fn authorization_matrix_over_both_protocols_with_audit_records() {
+/// Runs scenario `name` on a fresh national server in `documents_first` mode.
+fn on_a_fresh_server(name: &str, documents_first: &str) {
     let Some(python) = python() else {
         eprintln!("skipped: no .venv with pynetdicom (scripts/test.sh installs it)");
         return;
     };
-    let move_port = free_port();
-    let server = start(None, "reject", move_port);
+    let [move_port] = free_ports::<1>();
+    let server = start(None, documents_first, move_port);
     let state = server.dir.path().join("state.json");
-    scenario(&python, &server, "matrix", move_port, &state);
+    scenario(&python, &server, name, move_port, &state);
+}
+
+#[test]
+fn authorization_matrix_over_both_protocols_with_audit_records() {
+    on_a_fresh_server("matrix", "reject");
 }
 
 #[test]
 fn documents_first_rejects_and_ingest_validates() {
-    let Some(python) = python() else {
-        eprintln!("skipped: no .venv with pynetdicom (scripts/test.sh installs it)");
-        return;
-    };
-    let move_port = free_port();
-    let server = start(None, "reject", move_port);
-    let state = server.dir.path().join("state.json");
-    scenario(&python, &server, "reject", move_port, &state);
+    on_a_fresh_server("reject", "reject");
 }
 
 #[test]
@@ -104,7 +95,7 @@ fn quarantine_releases_on_document_arrival_and_survives_a_restart() {
         eprintln!("skipped: no .venv with pynetdicom (scripts/test.sh installs it)");
         return;
     };
-    let move_port = free_port();
+    let [move_port] = free_ports::<1>();
     let server = start(None, "quarantine", move_port);
     let state_dir = tempfile::tempdir().expect("tempdir");
     let state = state_dir.path().join("state.json");
