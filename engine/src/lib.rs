@@ -31,7 +31,7 @@ pub mod store;
 pub mod verify;
 
 pub use error::{Error, Result};
-pub use segment::compaction::{CompactOptions, CompactionReport};
+pub use segment::compaction::{CompactOptions, CompactProgress, CompactionReport};
 pub use segment::format::Namespace;
 pub use segment::reader::Object;
 pub use segment::recovery::{CorruptionFound, RecoveryReport};

@@ -9,11 +9,12 @@ use crate::io::uring::UringStorage;
 use crate::io::Storage;
 use crate::segment::compaction::{self, CompactOptions, CompactionReport};
 use crate::segment::format::{
-    encode_manifest, ChunkRef, Namespace, RecordHeader, RecordKind, BATCH_BYTES_LIMIT,
-    KEY_BYTES_MAX, MANIFEST_FIXED_BYTES, PAGE_BYTES,
+    encode_manifest, ChunkRef, Namespace, RecordKind, BATCH_BYTES_LIMIT, KEY_BYTES_MAX,
+    MANIFEST_FIXED_BYTES, PAGE_BYTES,
 };
 use crate::segment::reader::{Object, SegmentHandle};
 use crate::segment::recovery::{recover, RecoveryReport};
+use crate::segment::space::{self, SpaceReport};
 use crate::segment::writer::{Append, Body, LentBytes, Msg, Reply, Writer, FLUSHERS_MAX};
 use crate::verify::{RepairReport, VerifyProgress, VerifyReport};
 use std::collections::BTreeMap;
@@ -63,17 +64,14 @@ impl Default for StoreConfig {
 impl StoreConfig {
     /// The largest record any put can produce (a full chunk with the longest key).
     pub fn record_bytes_max(&self) -> u64 {
-        RecordHeader {
-            kind: RecordKind::Chunk,
-            namespace: Namespace::OBJECT,
-            key_len: KEY_BYTES_MAX as u16,
-            body_len: self.put_buffer_bytes as u64,
-            segment_id: 0,
-            offset: 0,
-            seq: 0,
-            generation: 0,
-            flags: 0,
-        }
+        crate::segment::compaction::record_header(
+            RecordKind::Chunk,
+            Namespace::OBJECT,
+            &[0; KEY_BYTES_MAX],
+            self.put_buffer_bytes as u64,
+            0,
+            0,
+        )
         .record_len()
     }
 
@@ -640,7 +638,30 @@ impl Store {
     /// Copies live records out of sealed segments with garbage, then removes those segments.
     /// Reads and writes continue meanwhile.
     pub fn compact(&self, options: &CompactOptions) -> Result<CompactionReport> {
-        compaction::compact(&self.shared, options)
+        compaction::compact(&self.shared, options, &|_| {})
+    }
+
+    /// [`Store::compact`], telling `progress` how far it is as it goes.
+    pub fn compact_with_progress(
+        &self,
+        options: &CompactOptions,
+        progress: &dyn Fn(compaction::CompactProgress),
+    ) -> Result<CompactionReport> {
+        compaction::compact(&self.shared, options, progress)
+    }
+
+    /// How the segments' space is used: per segment its file bytes, live bytes (records the
+    /// index points at) and garbage ratio, the same numbers compaction picks segments by; and
+    /// the catalog's index runs. Takes a copy of the index, as compaction does; reads and
+    /// writes continue meanwhile.
+    pub fn space_report(&self) -> SpaceReport {
+        let mut report = space::space_report(&self.shared);
+        if let Some(catalog) = self.catalog() {
+            let runs = catalog.run_counts();
+            report.index_runs = runs.len();
+            report.index_bytes = runs.iter().map(|r| r.file_bytes).sum();
+        }
+        report
     }
 
     /// Set once a write or sync failed; the store is then read-only.

@@ -77,6 +77,10 @@ pub struct ConfigArgs {
     /// Write the bound DIMSE address to this file once it accepts associations.
     #[arg(long, env = "KUVASTO_DIMSE_ADDRESS_FILE")]
     pub dimse_address_file: Option<PathBuf>,
+    /// Write the bound address of the TLS DIMSE listener (`dimse.tls_listen`) to this file
+    /// once it accepts associations.
+    #[arg(long, env = "KUVASTO_DIMSE_TLS_ADDRESS_FILE")]
+    pub dimse_tls_address_file: Option<PathBuf>,
 }
 
 /// The whole configuration, as the file spells it.
@@ -86,17 +90,26 @@ pub struct Config {
     pub storage: StorageSection,
     pub http: HttpSection,
     pub dimse: DimseSection,
+    /// TLS and mutual TLS for the listeners that set `tls` (`crate::tls`).
+    pub tls: TlsSection,
     pub archive: ArchiveSection,
     /// Data controllers (national profile).
     pub organisations: Vec<OrganisationSection>,
     /// Callers and what they act for (national profile).
     pub identities: Vec<IdentitySection>,
+    /// How long studies are kept; none: forever.
+    pub retention: Vec<RetentionSection>,
+    /// The server's own compaction (and retention sweep) schedule.
+    pub compaction: CompactionSection,
     /// Not in the file: from `--address-file` only.
     #[serde(skip)]
     pub address_file: Option<PathBuf>,
     /// Not in the file: from `--dimse-address-file` only.
     #[serde(skip)]
     pub dimse_address_file: Option<PathBuf>,
+    /// Not in the file: from `--dimse-tls-address-file` only.
+    #[serde(skip)]
+    pub dimse_tls_address_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -127,6 +140,10 @@ pub struct HttpSection {
     pub part_header_bytes_max: usize,
     /// Most parts in one STOW request.
     pub parts_max: usize,
+    /// Serve HTTPS (`[tls]`) instead of plain HTTP.
+    pub tls: bool,
+    /// How callers are identified: bearer `token`, TLS client `certificate`, or `either`.
+    pub authentication: crate::tls::HttpAuthentication,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -150,6 +167,41 @@ pub struct DimseSection {
     pub artim_timeout_seconds: u64,
     /// Known peers: C-MOVE destinations and where Storage Commitment results go.
     pub peers: Vec<Peer>,
+    /// `listen` speaks DICOM over TLS (`[tls]`) instead of plain DICOM.
+    pub tls: bool,
+    /// A second listener, speaking DICOM over TLS, beside a plain `listen`.
+    pub tls_listen: Option<SocketAddr>,
+}
+
+/// `[tls]`: the server's certificate and key, and client certificates (mutual TLS).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// PEM: the server certificate, then any intermediates.
+    pub certificate_file: String,
+    /// PEM: the server certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub private_key_file: String,
+    /// PEM bundle of the CAs client certificates are verified against.
+    pub client_ca_file: String,
+    /// `off`, `optional` or `required`.
+    pub client_certificates: crate::tls::ClientCertificates,
+    /// Where a client certificate names its organisation's OID.
+    pub organisation_oid_from: crate::tls::OidSource,
+    /// An HTTP client must finish its TLS handshake within this time.
+    pub handshake_timeout_seconds: u64,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        TlsSection {
+            certificate_file: String::new(),
+            private_key_file: String::new(),
+            client_ca_file: String::new(),
+            client_certificates: crate::tls::ClientCertificates::Off,
+            organisation_oid_from: crate::tls::OidSource::SubjectOrganizationIdentifier,
+            handshake_timeout_seconds: crate::tls::HANDSHAKE_TIMEOUT_SECONDS_DEFAULT,
+        }
+    }
 }
 
 /// A DIMSE peer this archive may open associations to.
@@ -279,6 +331,52 @@ pub struct IdentitySection {
     /// Bearer tokens (at least 16 characters each).
     #[serde(default)]
     pub tokens: Vec<String>,
+    /// Subject CNs of its organisation's client certificates that act as it (mutual TLS);
+    /// `["*"]`: any CN no other identity of the organisation lists.
+    #[serde(default)]
+    pub certificate_names: Vec<String>,
+}
+
+/// One retention rule (see `archive::retention`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSection {
+    /// Named in the audit record of every expiry.
+    pub name: String,
+    /// `radiology`, `dental`, `ecg`, `ophthalmology` or `any` (default).
+    #[serde(default)]
+    pub content_type: String,
+    /// A register OID; empty: any register.
+    #[serde(default)]
+    pub register: String,
+    /// Years kept (at least 12); absent: forever.
+    #[serde(default)]
+    pub keep_years: Option<u32>,
+    /// `study-date`, `stored` or `later` (default: the later of the two).
+    #[serde(default)]
+    pub clock: String,
+}
+
+/// The running server's compaction: every `interval_minutes` (0: never; `kuvasto compact`
+/// still works), first the retention sweep, then sealed segments at least
+/// `garbage_ratio_min` garbage are rewritten.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompactionSection {
+    pub interval_minutes: u64,
+    pub garbage_ratio_min: f64,
+    /// The scheduled compaction copies at most this many MiB/s (0: no limit).
+    pub copy_mib_per_second: u64,
+}
+
+impl Default for CompactionSection {
+    fn default() -> Self {
+        CompactionSection {
+            interval_minutes: 0,
+            garbage_ratio_min: 0.5,
+            copy_mib_per_second: 0,
+        }
+    }
 }
 
 impl Default for StorageSection {
@@ -302,6 +400,8 @@ impl Default for HttpSection {
             stow_queue_chunks_max: 16,
             part_header_bytes_max: 16 << 10,
             parts_max: 100_000,
+            tls: false,
+            authentication: crate::tls::HttpAuthentication::Token,
         }
     }
 }
@@ -317,6 +417,8 @@ impl Default for DimseSection {
             idle_timeout_seconds: 60,
             artim_timeout_seconds: 30,
             peers: Vec::new(),
+            tls: false,
+            tls_listen: None,
         }
     }
 }
@@ -423,6 +525,7 @@ impl ConfigArgs {
         }
         config.address_file = self.address_file.clone();
         config.dimse_address_file = self.dimse_address_file.clone();
+        config.dimse_tls_address_file = self.dimse_tls_address_file.clone();
         config.validate()?;
         Ok(config)
     }
@@ -479,6 +582,7 @@ impl Config {
             "archive.organisation must not be empty"
         );
         self.standalone()?;
+        crate::tls::validate(self)?;
         crate::archive::DocumentsFirst::parse(&self.archive.documents_first)
             .map_err(|e| anyhow::anyhow!("archive.documents_first: {e}"))?;
         self.service_event_tag()?;
@@ -520,6 +624,11 @@ impl Config {
             });
         }
         for i in &self.identities {
+            if !i.certificate_names.is_empty() {
+                config
+                    .certificate_names
+                    .insert(i.id.clone(), i.certificate_names.clone());
+            }
             config.identities.push(Identity {
                 id: i.id.clone(),
                 organisation: i.organisation.trim().to_string(),
@@ -530,6 +639,38 @@ impl Config {
             });
         }
         Directory::national(config).map_err(|e| anyhow::anyhow!("identities: {e}"))
+    }
+
+    /// The `[[retention]]` rules, checked (legal minimum, content types, clocks, names).
+    pub fn retention(&self) -> anyhow::Result<crate::archive::retention::RetentionPolicy> {
+        use crate::archive::retention::{Clock, Keep, RetentionPolicy, RetentionRule};
+        let mut rules = Vec::with_capacity(self.retention.len());
+        for (i, r) in self.retention.iter().enumerate() {
+            let at = format!("[[retention]] #{} ({:?})", i + 1, r.name);
+            anyhow::ensure!(!r.name.trim().is_empty(), "{at}: name is required");
+            let clock = if r.clock.is_empty() {
+                Clock::Later
+            } else {
+                Clock::parse(&r.clock).map_err(|e| anyhow::anyhow!("{at}: {e}"))?
+            };
+            let content_type = match r.content_type.as_str() {
+                "" | "any" => None,
+                other => Some(other.to_string()),
+            };
+            rules.push(RetentionRule {
+                name: r.name.clone(),
+                content_type,
+                register: (!r.register.is_empty()).then(|| r.register.clone()),
+                keep: r.keep_years.map_or(Keep::Forever, Keep::Years),
+                clock,
+            });
+        }
+        let policy = RetentionPolicy::new(rules).map_err(|e| anyhow::anyhow!("{e}"))?;
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.compaction.garbage_ratio_min),
+            "compaction.garbage_ratio_min must be between 0.0 and 1.0"
+        );
+        Ok(policy)
     }
 
     pub fn duplicate_policy(&self) -> anyhow::Result<DuplicatePolicy> {

@@ -8,6 +8,7 @@
 //! - [`archive`]: the rules every protocol calls (identities, checks, audit);
 //! - [`dicomweb`]: STOW-RS, QIDO-RS, WADO-RS and DELETE over HTTP;
 //! - [`serve`]: `kuvasto serve`, the runtime, listeners and graceful shutdown.
+//! - [`tls`]: TLS for both listeners and mutual TLS (client certificate → identity).
 
 pub mod api;
 pub mod archive;
@@ -16,5 +17,7 @@ pub mod dicomweb;
 pub mod dimse;
 pub mod import;
 pub mod metrics;
+pub mod ops;
 pub mod serve;
+pub mod tls;
 pub mod verify;

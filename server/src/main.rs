@@ -22,15 +22,16 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
-    /// Reclaim the space of deleted and replaced instances: copy the live records of sealed
-    /// segments that are mostly garbage into new segments and remove the old ones. Run it
-    /// with the server stopped (the store is locked while the server runs).
+    /// Expire studies whose retention has run out ([[retention]] rules; each expiry
+    /// audited), then reclaim the space of deleted, replaced and expired instances: copy the
+    /// live records of sealed segments that are mostly garbage into new segments and remove
+    /// the old ones. On a running server (through its admin socket) reads and writes go on
+    /// meanwhile; on a stopped one it opens the data directory itself.
     Compact {
         #[command(flatten)]
         config: ConfigArgs,
-        /// Compact sealed segments at least this fraction garbage (0.0 to 1.0).
-        #[arg(long, default_value_t = 0.5)]
-        garbage_ratio_min: f64,
+        #[command(flatten)]
+        compact: kuvasto_server::ops::compact::CompactArgs,
     },
     /// Open the store, print what recovery found and its sizes, and exit (non-zero on corruption).
     Check {
@@ -59,6 +60,25 @@ enum Command {
         config: ConfigArgs,
         #[command(flatten)]
         verify: kuvasto_server::verify::VerifyArgs,
+    },
+    /// What the archive holds: instances, studies and bytes per register and modality,
+    /// segment fill and garbage ratio. Works on a stopped node and, through its admin
+    /// socket, on a running one.
+    Stats {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        stats: kuvasto_server::ops::stats::StatsArgs,
+    },
+    /// Write studies (by Study Instance UID or by patient) back to Part-10 files, audited
+    /// as an export. Works on a stopped node and, through its admin socket, on a running
+    /// one. Exit code 0 when everything was written, 1 when some instances were not, 2 for
+    /// usage and open errors.
+    Export {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        export: kuvasto_server::ops::export::ExportArgs,
     },
 }
 
@@ -91,30 +111,16 @@ fn main() -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Serve { config } => kuvasto_server::serve::serve(config.resolve()?),
-        Command::Compact {
-            config,
-            garbage_ratio_min,
-        } => {
-            anyhow::ensure!(
-                (0.0..=1.0).contains(&garbage_ratio_min),
-                "--garbage-ratio-min must be between 0.0 and 1.0"
-            );
-            let store = kuvasto_server::serve::open_store(&config.resolve()?)?;
-            let report = store.compact(&kuvasto_engine::CompactOptions {
-                segments: None,
-                garbage_ratio_min,
-            })?;
-            println!(
-                "compacted {} segments into {}: {} -> {} bytes ({} objects, {} tombstones moved)",
-                report.segments_removed.len(),
-                report.segments_written.len(),
-                report.bytes_before,
-                report.bytes_after,
-                report.objects_moved,
-                report.tombstones_moved
-            );
-            store.close();
-            Ok(())
+        Command::Compact { config, compact } => {
+            use kuvasto_server::ops::{cli, Request};
+            let code = match compact.request() {
+                Ok(request) => cli::run(&config, Request::Compact(request), compact.json),
+                Err(e) => {
+                    eprintln!("Error: {e:#}");
+                    cli::EXIT_ERROR
+                }
+            };
+            std::process::exit(code);
         }
         Command::Import { config, import } => {
             // 0: all stored; 1: some rejected; 2: usage or open errors.
@@ -134,6 +140,28 @@ fn main() -> anyhow::Result<()> {
                 Err(e) => {
                     eprintln!("Error: {e:#}");
                     kuvasto_server::verify::EXIT_ERROR
+                }
+            };
+            std::process::exit(code);
+        }
+        Command::Stats { config, stats } => {
+            use kuvasto_server::ops::{cli, Request};
+            let code = match stats.request() {
+                Ok(request) => cli::run(&config, Request::Stats(request), stats.json),
+                Err(e) => {
+                    eprintln!("Error: {e:#}");
+                    cli::EXIT_ERROR
+                }
+            };
+            std::process::exit(code);
+        }
+        Command::Export { config, export } => {
+            use kuvasto_server::ops::{cli, Request};
+            let code = match export.request() {
+                Ok(request) => cli::run(&config, Request::Export(request), export.json),
+                Err(e) => {
+                    eprintln!("Error: {e:#}");
+                    cli::EXIT_ERROR
                 }
             };
             std::process::exit(code);

@@ -56,6 +56,7 @@ pub fn open_archive(config: &Config, store: Store) -> anyhow::Result<Archive> {
         validate: !standalone && config.archive.validate,
         service_event_tag: config.service_event_tag()?,
         audit_source_id: config.archive.organisation.clone(),
+        retention: config.retention()?,
     };
     tracing::info!(
         profile = %config.archive.profile,
@@ -77,6 +78,8 @@ pub fn open_archive(config: &Config, store: Store) -> anyhow::Result<Archive> {
 
 /// Runs the server until a termination signal.
 pub fn serve(config: Config) -> anyhow::Result<()> {
+    // Certificates and keys first: a bad file stops the start before the store is opened.
+    let tls = crate::tls::Tls::load_for(&config)?;
     let store = open_store(&config)?;
     let stats = store.stats();
     tracing::info!(
@@ -86,6 +89,19 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         "store ready"
     );
     let archive = Arc::new(open_archive(&config, store)?);
+    // `kuvasto compact|stats|export` on this machine reach the running node through it.
+    let admin = match crate::ops::socket::AdminSocket::start(
+        &config.storage.data_dir,
+        archive.clone(),
+    ) {
+        Ok(admin) => Some(admin),
+        Err(e) => {
+            // Not fatal: the operator commands then need the server stopped.
+            tracing::warn!(error = %format!("{e:#}"), "no admin socket: kuvasto compact, stats and export need the server stopped");
+            None
+        }
+    };
+    let scheduler = crate::ops::schedule::Scheduler::start(&config.compaction, archive.clone())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("kuvasto-http")
@@ -108,13 +124,22 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         config: config.dimse.clone(),
         extra_tags: config.extra_tags()?,
         notifier: notifier.clone(),
+        tls: tls.clone(),
     })?;
     if let Some(path) = &config.dimse_address_file {
         std::fs::write(path, dimse.address.to_string())
             .with_context(|| format!("writing the DIMSE address file {}", path.display()))?;
     }
-    let served = runtime.block_on(run_http(state.clone(), &config, grace));
+    if let (Some(path), Some(address)) = (&config.dimse_tls_address_file, dimse.tls_address) {
+        std::fs::write(path, address.to_string())
+            .with_context(|| format!("writing the DIMSE TLS address file {}", path.display()))?;
+    }
+    let http_tls = if config.http.tls { tls.clone() } else { None };
+    let served = runtime.block_on(run_http(state.clone(), &config, grace, http_tls));
     dimse.stop(grace);
+    // A compaction under way finishes its current step; nothing half-done becomes visible.
+    drop(scheduler);
+    drop(admin);
     // Abandon whatever is still running on the blocking pool (uploads see their body end
     // and drop their unfinished instance).
     state.slots.close();
@@ -138,7 +163,13 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_http(state: dicomweb::State, config: &Config, grace: Duration) -> anyhow::Result<()> {
+/// Serves HTTP, or HTTPS when `tls` is given, until a termination signal.
+async fn run_http(
+    state: dicomweb::State,
+    config: &Config,
+    grace: Duration,
+    tls: Option<Arc<crate::tls::Tls>>,
+) -> anyhow::Result<()> {
     // Before anything announces readiness, so a signal sent right after is never missed.
     let signals = Signals::install()?;
     let listener = tokio::net::TcpListener::bind(config.http.listen)
@@ -146,26 +177,43 @@ async fn run_http(state: dicomweb::State, config: &Config, grace: Duration) -> a
         .with_context(|| format!("binding HTTP to {}", config.http.listen))?;
     let local = listener.local_addr()?;
     let _ = state.bound.set(local);
-    tracing::info!(address = %local, prefix = dicomweb::PREFIX, "DICOMweb listening");
+    tracing::info!(address = %local, prefix = dicomweb::PREFIX, tls = tls.is_some(), "DICOMweb listening");
     if let Some(path) = &config.address_file {
         std::fs::write(path, local.to_string())
             .with_context(|| format!("writing the address file {}", path.display()))?;
     }
     let app = dicomweb::router(state.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    // Small responses must not wait for Nagle (see NOTES: storescu/clients stall without it).
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let stopped = async move {
         let mut rx = stop_rx;
         let _ = rx.wait_for(|stop| *stop).await;
-    });
-    let server = tokio::spawn(async move { server.await });
+    };
+    let server = match tls {
+        None => {
+            // Small responses must not wait for Nagle (see NOTES: storescu/clients stall
+            // without it).
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            let server = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(stopped);
+            tokio::spawn(async move { server.await })
+        }
+        Some(tls) => {
+            // Handshakes on their own tasks; TCP_NODELAY set there.
+            let listener = crate::tls::http::TlsListener::new(listener, tls)
+                .context("starting the HTTPS listener")?;
+            let server = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<crate::tls::http::TlsPeer>(),
+            )
+            .with_graceful_shutdown(stopped);
+            tokio::spawn(async move { server.await })
+        }
+    };
     signals.wait().await;
     state
         .stopping

@@ -296,6 +296,100 @@ fn compaction_reclaims_space_while_reads_continue() {
     assert_eq!(read_back(&store, NS, b"streamed"), streamed);
 }
 
+/// `Store::space_report`: live and garbage bytes per segment follow deletes, compaction picks
+/// exactly the segments it reports at or above the threshold, and the copies are live.
+#[test]
+fn space_report_follows_deletes_and_compaction() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), small_config()).expect("open");
+    for i in 0..200u64 {
+        store
+            .put(NS, format!("k{i}").as_bytes(), &content(i, 20_000))
+            .expect("put");
+    }
+    let full = store.space_report();
+    let stats = store.stats();
+    assert_eq!(full.segments.len(), stats.segments, "{full:?}");
+    assert_eq!(full.file_bytes(), stats.segment_bytes);
+    assert!(full.segments.windows(2).all(|w| w[0].id < w[1].id));
+    let sealed: Vec<u64> = full
+        .segments
+        .iter()
+        .filter(|s| s.sealed)
+        .map(|s| s.id)
+        .collect();
+    assert!(sealed.len() >= 5, "{full:?}");
+    assert!(full.segments.iter().filter(|s| !s.sealed).count() <= 1);
+    // Nothing deleted: the records fill the segments but for the directory, the trailer and
+    // the padding of each put's page-aligned batch (a 20 kB object takes 24 KiB).
+    for s in full.segments.iter().filter(|s| s.sealed) {
+        assert!(s.garbage_ratio() < 0.3, "{s:?}");
+        assert!(
+            s.live_bytes <= s.used_bytes && s.used_bytes < s.file_bytes,
+            "{s:?}"
+        );
+    }
+    assert!(full.live_bytes() >= 200 * 20_000, "{full:?}");
+    assert!(full.garbage_ratio() < 0.3, "{full:?}");
+
+    for i in (0..200u64).filter(|i| i % 4 != 0) {
+        store
+            .delete(NS, format!("k{i}").as_bytes())
+            .expect("delete");
+    }
+    let deleted = store.space_report();
+    let freed = full.live_bytes() - deleted.live_bytes();
+    assert!(freed >= 150 * 19_000, "freed {freed}: {deleted:?}");
+    for id in &sealed {
+        let s = deleted.segment(*id).expect("still there");
+        assert_eq!(s.file_bytes, full.segment(*id).expect("before").file_bytes);
+        assert!(s.garbage_ratio() > 0.5, "{s:?}");
+    }
+    assert!(deleted.garbage_ratio() > 0.5, "{deleted:?}");
+
+    // Compaction picks by the same numbers.
+    let picked: Vec<u64> = deleted
+        .segments
+        .iter()
+        .filter(|s| s.sealed && s.garbage_ratio() >= CompactOptions::default().garbage_ratio_min)
+        .map(|s| s.id)
+        .collect();
+    let report = store.compact(&CompactOptions::default()).expect("compact");
+    assert_eq!(report.segments_removed, picked);
+    let compacted = store.space_report();
+    for id in &picked {
+        assert!(compacted.segment(*id).is_none(), "segment {id} is gone");
+    }
+    assert!(!report.segments_written.is_empty());
+    // The copies are packed (no batch padding): garbage is their directories and trailers.
+    let (mut used, mut live) = (0, 0);
+    for id in &report.segments_written {
+        let s = compacted.segment(*id).expect("the copy");
+        assert!(s.sealed && s.live_bytes > 0, "{s:?}");
+        used += s.used_bytes;
+        live += s.live_bytes;
+    }
+    assert!(
+        live as f64 / used as f64 > 0.85,
+        "{live} of {used} bytes live"
+    );
+    assert_eq!(
+        compacted.live_bytes(),
+        deleted.live_bytes(),
+        "copies are as live as what they replace"
+    );
+    assert!(compacted.file_bytes() < deleted.file_bytes());
+    assert!(
+        compacted.garbage_ratio() < deleted.garbage_ratio() / 2.0,
+        "{} -> {}",
+        deleted.garbage_ratio(),
+        compacted.garbage_ratio()
+    );
+    drop(store);
+    let store = Store::open(dir.path(), small_config()).expect("reopen");
+    assert_eq!(store.space_report().live_bytes(), compacted.live_bytes());
+}
+
 #[test]
 fn a_flipped_byte_in_a_sealed_segment_is_reported_never_served() {
     let (sim, storage) = sim();

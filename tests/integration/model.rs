@@ -185,6 +185,7 @@ impl Harness {
                 let _ = self.store().compact(&CompactOptions {
                     segments: None,
                     garbage_ratio_min: 0.2,
+                    ..CompactOptions::default()
                 });
             }
             Op::Reopen { crash_after_bytes } => {

@@ -217,6 +217,25 @@ pub struct PatientHit {
     pub instance_count: u32,
 }
 
+/// One live instance of a study, as [`Catalog::for_each_study`] hands it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StudyMember {
+    pub series_instance_uid: String,
+    pub modality: String,
+    pub sop_instance_uid: String,
+    pub location: InstanceLocation,
+    pub seq: u64,
+}
+
+/// A study with every live instance of it (the newest copy of each), for whole-catalog walks.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StudyMembers {
+    pub study_instance_uid: String,
+    /// PatientID as the study's newest source has it.
+    pub patient_id: String,
+    pub instances: Vec<StudyMember>,
+}
+
 /// Query results, at the query's level.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hits {
@@ -807,6 +826,124 @@ impl Catalog {
         }
         Ok(None)
     }
+}
+
+impl Catalog {
+    /// Visits every study with a live instance once, with all its live instances (the newest
+    /// copy of each, as study queries count them), study by study: studies the in-memory part
+    /// holds first, then each run's studies no newer source holds.
+    ///
+    /// Works on a snapshot taken at the call (the runs, a copy of the removals and of the
+    /// in-memory part's instances): the catalog's lock is not held while the runs are read,
+    /// so stores and deletes go on meanwhile. Memory beyond that copy: one study's instances.
+    pub fn for_each_study(&self, visit: &mut dyn FnMut(&StudyMembers)) -> Result<()> {
+        let (runs, dead, mut mem) = {
+            let state = self.read();
+            let runs: Vec<Arc<Run>> = state.runs.iter().rev().map(|(_, r)| r.clone()).collect();
+            let mut mem: BTreeMap<String, (u64, StudyMembers)> = BTreeMap::new();
+            for m in state.mem.instances.values() {
+                let a = &m.attrs;
+                let (newest, study) = mem.entry(a.study_instance_uid.clone()).or_default();
+                if study.instances.is_empty() || m.seq > *newest {
+                    *newest = m.seq;
+                    study.study_instance_uid = a.study_instance_uid.clone();
+                    study.patient_id = a.patient_id.clone();
+                }
+                study.instances.push(StudyMember {
+                    series_instance_uid: a.series_instance_uid.clone(),
+                    modality: a.modality.clone(),
+                    sop_instance_uid: a.sop_instance_uid.clone(),
+                    location: m.location,
+                    seq: m.seq,
+                });
+            }
+            (runs, state.dead.clone(), mem)
+        };
+        // Studies in the in-memory part: it is their newest source.
+        for (uid, (_, study)) in mem.iter_mut() {
+            let mut seen: HashSet<String> = study
+                .instances
+                .iter()
+                .map(|m| m.sop_instance_uid.clone())
+                .collect();
+            for run in &runs {
+                if let Some(row) = run.find_study(uid)? {
+                    run_members(run, &row, &dead, &mut seen, &mut study.instances)?;
+                }
+            }
+            visit(study);
+        }
+        // Each run's studies that no newer source holds.
+        let mut attrs = InstanceAttrs::default();
+        for (j, run) in runs.iter().enumerate() {
+            for row in 0..run.counts().studies {
+                let study_row = run.study(row)?;
+                let uid = run.study_uid(&study_row)?;
+                if mem.contains_key(uid) {
+                    continue;
+                }
+                let mut newer = false;
+                for r in &runs[..j] {
+                    if r.find_study(uid)?.is_some() {
+                        newer = true;
+                        break;
+                    }
+                }
+                if newer {
+                    continue;
+                }
+                run.study_attrs(&study_row, &mut attrs)?;
+                let mut study = StudyMembers {
+                    study_instance_uid: uid.to_string(),
+                    patient_id: std::mem::take(&mut attrs.patient_id),
+                    instances: Vec::new(),
+                };
+                let mut seen: HashSet<String> = HashSet::new();
+                run_members(run, &study_row, &dead, &mut seen, &mut study.instances)?;
+                for older in &runs[j + 1..] {
+                    if let Some(row) = older.find_study(uid)? {
+                        run_members(older, &row, &dead, &mut seen, &mut study.instances)?;
+                    }
+                }
+                if !study.instances.is_empty() {
+                    visit(&study);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Adds a run's live instances of a study that `seen` does not hold yet (a newer copy of
+/// each was added before).
+fn run_members(
+    run: &Run,
+    study: &StudyRow,
+    dead: &Dead,
+    seen: &mut HashSet<String>,
+    out: &mut Vec<StudyMember>,
+) -> Result<()> {
+    for srow in study.first_series..study.first_series + study.series_count {
+        let series = run.series(srow)?;
+        let series_uid = run.series_uid(&series)?;
+        let modality = run.series_modality(&series)?;
+        for irow in series.first_instance..series.first_instance + series.instance_count {
+            let instance = run.instance(irow)?;
+            let sop = run.sop_uid(&instance)?;
+            if dead.is_dead(sop, instance.seq) || seen.contains(sop) {
+                continue;
+            }
+            seen.insert(sop.to_string());
+            out.push(StudyMember {
+                series_instance_uid: series_uid.to_string(),
+                modality: modality.to_string(),
+                sop_instance_uid: sop.to_string(),
+                location: instance.location,
+                seq: instance.seq,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// One query's execution over a snapshot of the sources.
@@ -1769,5 +1906,122 @@ mod tests {
         assert_eq!(report.runs_rejected.len(), 1);
         assert!(dir.path().join("run-0000000000000001.kvi.bad").exists());
         assert!(studies(&c, vec![]).is_empty());
+    }
+
+    /// (patient, series, instances, modalities) per study, as `for_each_study` walks them;
+    /// each study once.
+    fn walked(c: &Catalog) -> BTreeMap<String, (String, u32, u32, String)> {
+        let mut out = BTreeMap::new();
+        let mut instances = HashSet::new();
+        c.for_each_study(&mut |study| {
+            let series: HashSet<&str> = study
+                .instances
+                .iter()
+                .map(|m| m.series_instance_uid.as_str())
+                .collect();
+            let modalities: BTreeSet<&str> = study
+                .instances
+                .iter()
+                .map(|m| m.modality.as_str())
+                .collect();
+            for m in &study.instances {
+                assert!(
+                    instances.insert(m.sop_instance_uid.clone()),
+                    "{} visited twice",
+                    m.sop_instance_uid
+                );
+            }
+            let row = (
+                study.patient_id.clone(),
+                series.len() as u32,
+                study.instances.len() as u32,
+                modalities.into_iter().collect::<Vec<_>>().join("\\"),
+            );
+            assert!(
+                out.insert(study.study_instance_uid.clone(), row).is_none(),
+                "study {} visited twice",
+                study.study_instance_uid
+            );
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn walking_every_study_agrees_with_study_queries_across_runs_and_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, _) = Catalog::open(dir.path(), CatalogLimits::default()).unwrap();
+        let mut seq = 0;
+        fill(&c, &mut seq);
+        c.freeze().unwrap();
+        // A second run: study 1.2.10 grows, one of its instances moves to another series
+        // (a newer copy), one is deleted.
+        for i in 0..3 {
+            seq += 1;
+            c.insert(attrs(1, 10, 4, i), InstanceLocation::default(), seq, 2)
+                .unwrap();
+        }
+        let mut moved = attrs(1, 10, 0, 0);
+        moved.series_instance_uid = "1.2.10.7".into();
+        seq += 1;
+        c.insert(moved, InstanceLocation::default(), seq, 2)
+            .unwrap();
+        let moved_seq = seq;
+        seq += 1;
+        assert!(c.remove("1.2.10.1.1", seq, 2).unwrap());
+        c.freeze().unwrap();
+        // In memory: study 1.2.20 (in the first run) grows, a new study, a delete in 1.2.21.
+        seq += 1;
+        c.insert(attrs(2, 20, 5, 0), InstanceLocation::default(), seq, 3)
+            .unwrap();
+        seq += 1;
+        c.insert(attrs(4, 99, 0, 0), InstanceLocation::default(), seq, 3)
+            .unwrap();
+        seq += 1;
+        assert!(c.remove("1.2.21.2.3", seq, 3).unwrap());
+
+        let check = |c: &Catalog, stage: &str| {
+            let walk = walked(c);
+            let queried: BTreeMap<String, (String, u32, u32, String)> = studies(c, vec![])
+                .into_iter()
+                .map(|h| {
+                    (
+                        h.attrs.study_instance_uid.clone(),
+                        (
+                            h.attrs.patient_id.clone(),
+                            h.series_count,
+                            h.instance_count,
+                            h.modalities_in_study.clone(),
+                        ),
+                    )
+                })
+                .collect();
+            assert_eq!(walk, queried, "{stage}");
+            assert_eq!(walk.len(), 7, "{stage}");
+            // 12 + 3 added - 1 deleted (the moved one counts once, in its new series).
+            assert_eq!(walk["1.2.10"].1, 5, "{stage}");
+            assert_eq!(walk["1.2.10"].2, 14, "{stage}");
+            assert_eq!(walk["1.2.20"].2, 13, "{stage}");
+            assert_eq!(walk["1.2.21"].2, 11, "{stage}");
+            assert_eq!(walk["1.2.99"], ("P4".into(), 1, 1, "CT".into()), "{stage}");
+            let mut moved = None;
+            c.for_each_study(&mut |study| {
+                for m in &study.instances {
+                    if m.sop_instance_uid == "1.2.10.0.0" {
+                        moved = Some((m.series_instance_uid.clone(), m.seq));
+                    }
+                }
+            })
+            .unwrap();
+            assert_eq!(moved, Some(("1.2.10.7".into(), moved_seq)), "{stage}");
+        };
+        check(&c, "runs and memory");
+        c.freeze().unwrap();
+        check(&c, "three runs");
+        drop(c);
+        let (c, _) = Catalog::open(dir.path(), CatalogLimits::default()).unwrap();
+        check(&c, "reopened");
+        c.merge().unwrap();
+        check(&c, "merged");
     }
 }

@@ -18,11 +18,12 @@ use super::format::{
 };
 use super::lifecycle::{create_segment, open_mapped, seal_segment};
 use super::reader::{read_body, read_record, Object, SegmentHandle};
+use super::space::{self, SegmentSpace};
 use crate::error::{Error, Result};
 use crate::index::{Entry, IndexKey};
 use crate::io::{AlignedBuf, StorageFile};
 use crate::store::Shared;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// What to compact.
@@ -32,6 +33,9 @@ pub struct CompactOptions {
     pub segments: Option<Vec<u64>>,
     /// Pick segments at least this fraction garbage (0.0–1.0).
     pub garbage_ratio_min: f64,
+    /// Copy at most this many bytes per second (0: as fast as the disk goes), so that a
+    /// compaction on a busy node leaves the disk to its clients.
+    pub copy_bytes_per_second_max: u64,
 }
 
 impl Default for CompactOptions {
@@ -39,6 +43,7 @@ impl Default for CompactOptions {
         CompactOptions {
             segments: None,
             garbage_ratio_min: 0.5,
+            copy_bytes_per_second_max: 0,
         }
     }
 }
@@ -234,7 +239,8 @@ struct Move {
     old: Entry,
 }
 
-fn record_header(
+/// A record header with no place yet (segment and offset are set when it is appended).
+pub(crate) fn record_header(
     kind: RecordKind,
     namespace: Namespace,
     key: &[u8],
@@ -255,7 +261,33 @@ fn record_header(
     }
 }
 
-pub(crate) fn compact(shared: &Arc<Shared>, options: &CompactOptions) -> Result<CompactionReport> {
+/// How far a compaction is: objects moved of those to move, bytes copied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompactProgress {
+    pub objects_done: u64,
+    pub objects_total: u64,
+    pub bytes_copied: u64,
+}
+
+/// Sleeps until copying `bytes_copied` since `started` keeps under `bytes_per_second_max`.
+fn throttle(bytes_per_second_max: u64, started: std::time::Instant, bytes_copied: u64) {
+    if bytes_per_second_max == 0 {
+        return;
+    }
+    let due = std::time::Duration::from_secs_f64(bytes_copied as f64 / bytes_per_second_max as f64);
+    if let Some(wait) = due.checked_sub(started.elapsed()) {
+        std::thread::sleep(wait);
+    }
+}
+
+/// Objects moved between two progress reports.
+const PROGRESS_EVERY_OBJECTS: u64 = 256;
+
+pub(crate) fn compact(
+    shared: &Arc<Shared>,
+    options: &CompactOptions,
+    progress: &dyn Fn(CompactProgress),
+) -> Result<CompactionReport> {
     let _one_at_a_time = shared.compaction.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(cause) = shared.poisoned() {
         return Err(Error::Poisoned { cause });
@@ -272,37 +304,10 @@ pub(crate) fn compact(shared: &Arc<Shared>, options: &CompactOptions) -> Result<
         .map(|(k, e)| (k.clone(), *e))
         .collect();
 
-    // Live bytes per segment, and which segments each streamed object touches.
-    let mut live_bytes: HashMap<u64, u64> = HashMap::new();
+    // Live bytes per segment (the one computation `Store::space_report` shows), and which
+    // segments each key's records lie in.
     let mut touches: Vec<BTreeSet<u64>> = Vec::with_capacity(entries.len());
-    for ((namespace, key), entry) in &entries {
-        let mut segs = BTreeSet::from([entry.segment_id]);
-        match entry.kind {
-            RecordKind::Manifest => {
-                let lookup = |id: u64| shared.segment(id);
-                if let Ok(Ok(object)) = Object::open(
-                    &lookup,
-                    entry.segment_id,
-                    entry.offset,
-                    *namespace,
-                    key,
-                    entry.seq,
-                ) {
-                    for part in &object.parts {
-                        segs.insert(part.segment.id);
-                        *live_bytes.entry(part.segment.id).or_default() +=
-                            part.record.header.record_len();
-                    }
-                }
-                *live_bytes.entry(entry.segment_id).or_default() += 64 + key.len() as u64 + 16;
-            }
-            _ => {
-                *live_bytes.entry(entry.segment_id).or_default() +=
-                    record_header(entry.kind, *namespace, key, entry.object_len, 0, 0).record_len();
-            }
-        }
-        touches.push(segs);
-    }
+    let live_bytes = space::live_bytes(shared, &entries, &mut |segs| touches.push(segs));
 
     let chosen: BTreeSet<u64> = match &options.segments {
         Some(ids) => {
@@ -318,14 +323,8 @@ pub(crate) fn compact(shared: &Arc<Shared>, options: &CompactOptions) -> Result<
         None => sealed
             .iter()
             .filter(|(id, s)| {
-                let size = s
-                    .file
-                    .len()
-                    .unwrap_or(0)
-                    .saturating_sub(SEGMENT_HEADER_BYTES)
-                    .max(1);
                 let live = live_bytes.get(id).copied().unwrap_or(0);
-                1.0 - (live as f64 / size as f64) >= options.garbage_ratio_min
+                SegmentSpace::of(s, live).garbage_ratio() >= options.garbage_ratio_min
             })
             .map(|(id, _)| *id)
             .collect(),
@@ -357,7 +356,23 @@ pub(crate) fn compact(shared: &Arc<Shared>, options: &CompactOptions) -> Result<
         done: Vec::new(),
     };
     let mut switched: Vec<(Move, Entry)> = Vec::with_capacity(moves.len());
+    let started = std::time::Instant::now();
+    let mut done = CompactProgress {
+        objects_total: moves.len() as u64,
+        ..CompactProgress::default()
+    };
+    progress(done);
     for m in moves {
+        if done.objects_done % PROGRESS_EVERY_OBJECTS == 0 && done.objects_done > 0 {
+            progress(done);
+        }
+        done.objects_done += 1;
+        done.bytes_copied += m.old.object_len;
+        throttle(
+            options.copy_bytes_per_second_max,
+            started,
+            done.bytes_copied,
+        );
         let Some(segment) = shared.segment(m.old.segment_id) else {
             continue; // superseded and removed meanwhile
         };
@@ -447,6 +462,7 @@ pub(crate) fn compact(shared: &Arc<Shared>, options: &CompactOptions) -> Result<
         };
         switched.push((m, new));
     }
+    progress(done);
     let written = outputs.finish()?;
     report.segments_written = written.iter().map(|s| s.id).collect();
     report.bytes_after = written.iter().map(|s| s.file.len().unwrap_or(0)).sum();

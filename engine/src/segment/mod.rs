@@ -1,5 +1,5 @@
 //! Segments: append-only files of checksummed records (format, writer, reader, recovery,
-//! compaction).
+//! compaction, space use).
 
 pub mod compaction;
 pub mod format;
@@ -7,4 +7,5 @@ pub mod lifecycle;
 pub mod reader;
 pub mod recovery;
 pub mod scan;
+pub mod space;
 pub(crate) mod writer;

@@ -223,6 +223,7 @@ mod tests {
         Directory::national(DirectoryConfig {
             organisations: vec![org(COUNTY), org(PRODUCER), org(OTHER)],
             identities: vec![identity("x", COUNTY, Role::System)],
+            ..DirectoryConfig::default()
         })
         .expect("directory")
     }

@@ -132,7 +132,7 @@ fn new_id(prefix: &str) -> String {
     )
 }
 
-fn require(caller: &Caller, roles: &[Role], what: &str) -> Result<(), ArchiveError> {
+pub(super) fn require(caller: &Caller, roles: &[Role], what: &str) -> Result<(), ArchiveError> {
     if roles.contains(&caller.role()) {
         Ok(())
     } else {

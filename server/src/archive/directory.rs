@@ -2,9 +2,10 @@
 //! identities that act for them, from the configuration.
 //!
 //! A DIMSE caller is identified by its calling AE title, a DICOMweb or API caller by its
-//! bearer token (client certificates follow with TLS). In the national profile a caller the
-//! directory does not know gets nothing; in the standalone profile every caller acts as the
-//! one configured organisation's operator.
+//! bearer token, and either, under mutual TLS, by its client certificate (the organisation
+//! OID it names and its subject CN, `crate::tls::identity`). In the national profile a caller
+//! the directory does not know gets nothing; in the standalone profile every caller acts as
+//! the one configured organisation's operator.
 
 use serde::Serialize;
 use std::collections::HashMap;
@@ -110,6 +111,23 @@ pub struct Identity {
 pub struct DirectoryConfig {
     pub organisations: Vec<Organisation>,
     pub identities: Vec<Identity>,
+    /// Identity id → the client certificate subject CNs it answers to (`["*"]`: any CN of
+    /// its organisation that no other identity lists).
+    pub certificate_names: HashMap<String, Vec<String>>,
+}
+
+/// The wildcard of `certificate_names`.
+pub const ANY_CERTIFICATE_NAME: &str = "*";
+/// Longest certificate name accepted (a CN is at most 64 characters, RFC 5280's upper bound).
+pub const CERTIFICATE_NAME_CHARS_MAX: usize = 64;
+
+/// Why a client certificate matches no identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertificateMiss {
+    /// The organisation OID it names is not configured.
+    UnknownOrganisation,
+    /// The organisation is known but no identity lists the CN and none takes `*`.
+    NoIdentity,
 }
 
 /// See the module documentation.
@@ -120,6 +138,10 @@ pub struct Directory {
     controllers: HashMap<String, String>,
     by_ae_title: HashMap<String, Arc<Identity>>,
     by_token: HashMap<String, Arc<Identity>>,
+    /// (organisation OID, lower-case certificate CN) → identity.
+    by_certificate_name: HashMap<(String, String), Arc<Identity>>,
+    /// Organisation OID → its identity with `certificate_names = ["*"]`.
+    by_certificate_wildcard: HashMap<String, Arc<Identity>>,
     /// Identity id → identity (operator commands act as a configured identity).
     by_id: HashMap<String, Arc<Identity>>,
     /// Standalone: the one identity every caller gets.
@@ -162,6 +184,9 @@ impl Directory {
         let mut by_ae_title = HashMap::new();
         let mut by_token = HashMap::new();
         let mut by_id = HashMap::new();
+        let mut by_certificate_name = HashMap::new();
+        let mut by_certificate_wildcard: HashMap<String, Arc<Identity>> = HashMap::new();
+        let mut certificate_names = config.certificate_names;
         for identity in config.identities {
             if identity.id.trim().is_empty() || by_id.contains_key(&identity.id) {
                 return Err(format!(
@@ -175,14 +200,46 @@ impl Directory {
                     identity.id, identity.organisation
                 ));
             }
-            if identity.ae_titles.is_empty() && identity.tokens.is_empty() {
+            let names = certificate_names.remove(&identity.id).unwrap_or_default();
+            if identity.ae_titles.is_empty() && identity.tokens.is_empty() && names.is_empty() {
                 return Err(format!(
-                    "identity {} has neither ae_titles nor tokens: nothing could authenticate as it",
+                    "identity {} has no ae_titles, tokens or certificate_names: nothing could authenticate as it",
                     identity.id
                 ));
             }
             let identity = Arc::new(identity);
             by_id.insert(identity.id.clone(), identity.clone());
+            for name in &names {
+                let name = name.trim();
+                if name == ANY_CERTIFICATE_NAME {
+                    if let Some(other) = by_certificate_wildcard
+                        .insert(identity.organisation.clone(), identity.clone())
+                    {
+                        return Err(format!(
+                            "identities {} and {} of organisation {} both have certificate_names = [\"*\"]: a certificate could not tell them apart",
+                            other.id, identity.id, identity.organisation
+                        ));
+                    }
+                    continue;
+                }
+                if name.is_empty()
+                    || name.len() > CERTIFICATE_NAME_CHARS_MAX
+                    || name.contains('*')
+                    || name.chars().any(char::is_control)
+                {
+                    return Err(format!(
+                        "identity {}: certificate name {name:?} must be a whole name (1 to {CERTIFICATE_NAME_CHARS_MAX} characters, the certificate's subject CN) or \"*\"",
+                        identity.id
+                    ));
+                }
+                let key = (identity.organisation.clone(), name.to_ascii_lowercase());
+                if by_certificate_name.insert(key, identity.clone()).is_some() {
+                    return Err(format!(
+                        "certificate name {name} of organisation {} belongs to two identities",
+                        identity.organisation
+                    ));
+                }
+            }
             for ae in &identity.ae_titles {
                 let ae = ae.trim();
                 if ae.is_empty() || ae.len() > 16 {
@@ -217,7 +274,16 @@ impl Directory {
                 }
             }
         }
-        if by_ae_title.is_empty() && by_token.is_empty() {
+        if let Some(id) = certificate_names.keys().next() {
+            return Err(format!(
+                "certificate_names are given for identity {id:?}, which is not configured"
+            ));
+        }
+        if by_ae_title.is_empty()
+            && by_token.is_empty()
+            && by_certificate_name.is_empty()
+            && by_certificate_wildcard.is_empty()
+        {
             return Err("the national profile needs at least one [[identities]] entry (nobody could call otherwise); for a local trial use the standalone profile".into());
         }
         Ok(Directory {
@@ -225,6 +291,8 @@ impl Directory {
             controllers,
             by_ae_title,
             by_token,
+            by_certificate_name,
+            by_certificate_wildcard,
             by_id,
             standalone: None,
         })
@@ -251,6 +319,8 @@ impl Directory {
             organisations: HashMap::from([(organisation.to_string(), org)]),
             by_ae_title: HashMap::new(),
             by_token: HashMap::new(),
+            by_certificate_name: HashMap::new(),
+            by_certificate_wildcard: HashMap::new(),
             by_id: HashMap::new(),
             standalone: Some(identity),
         }
@@ -274,6 +344,31 @@ impl Directory {
             return Some(identity.clone());
         }
         self.by_token.get(token?).cloned()
+    }
+
+    /// The identity of a caller with a verified client certificate naming `organisation` and
+    /// subject CN `common_name`: the identity of that organisation listing the CN (ASCII case
+    /// ignored), else its identity with `certificate_names = ["*"]`. Standalone: the one
+    /// identity. `crate::tls::identity::identify` reads the certificate and words refusals.
+    pub fn by_certificate(
+        &self,
+        organisation: &str,
+        common_name: Option<&str>,
+    ) -> Result<Arc<Identity>, CertificateMiss> {
+        if let Some(identity) = &self.standalone {
+            return Ok(identity.clone());
+        }
+        if !self.organisations.contains_key(organisation) {
+            return Err(CertificateMiss::UnknownOrganisation);
+        }
+        let named = common_name.and_then(|cn| {
+            self.by_certificate_name
+                .get(&(organisation.to_string(), cn.trim().to_ascii_lowercase()))
+        });
+        named
+            .or_else(|| self.by_certificate_wildcard.get(organisation))
+            .cloned()
+            .ok_or(CertificateMiss::NoIdentity)
     }
 
     /// A configured identity by its id, for operator commands (`kuvasto import --as`); in
@@ -367,6 +462,7 @@ mod tests {
                     &["token-of-the-portal"],
                 ),
             ],
+            ..DirectoryConfig::default()
         })
         .expect("valid");
         assert_eq!(
@@ -445,6 +541,7 @@ mod tests {
             let err = Directory::national(DirectoryConfig {
                 organisations,
                 identities,
+                ..DirectoryConfig::default()
             })
             .expect_err(expected);
             assert!(err.contains(expected), "{err} lacks {expected}");

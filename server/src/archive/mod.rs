@@ -31,6 +31,7 @@ pub mod identity;
 mod ingest;
 #[cfg(test)]
 mod proptests;
+pub mod retention;
 pub mod search;
 pub mod state;
 pub mod time;
@@ -276,6 +277,8 @@ pub struct Rules {
     pub service_event_tag: Tag,
     /// AuditSourceID of DICOM audit messages.
     pub audit_source_id: String,
+    /// How long studies are kept (`[[retention]]`); empty: forever.
+    pub retention: retention::RetentionPolicy,
 }
 
 /// See the module documentation.
@@ -483,6 +486,12 @@ impl Archive {
 
     pub fn rules(&self) -> &Rules {
         &self.rules
+    }
+
+    /// The rules' records as of the last durable change, for operator reports (`kuvasto
+    /// stats`, `kuvasto export`). Rule changes wait while the guard is held: hold it briefly.
+    pub fn rules_state(&self) -> std::sync::RwLockReadGuard<'_, state::Maps> {
+        self.state.read()
     }
 
     /// What the archive and its adapters count (`/metrics`).

@@ -40,7 +40,9 @@ pub enum StudyState {
         at_ms: i64,
         previous: Box<StudyState>,
     },
-    /// A quarantined study an operator expired: its instances are deleted.
+    /// Expired: a quarantined study an operator expired (`by` names the operator), or a
+    /// study whose retention ran out (`by` is `retention rule <name>`); its instances are
+    /// deleted and it takes no new ones.
     Expired { by: String, at_ms: i64 },
 }
 

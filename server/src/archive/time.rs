@@ -42,6 +42,37 @@ fn days_in_month(year: i64, month: u32) -> u32 {
     }
 }
 
+/// `ms` moved `years` calendar years on: the same month, day and time of day; 29 February
+/// moves to 1 March when the target year has no leap day (later, never earlier).
+pub fn add_years_ms(ms: i64, years: u32) -> i64 {
+    let days = ms.div_euclid(86_400_000);
+    let in_day = ms.rem_euclid(86_400_000);
+    let (y, mo, d) = civil_from_days(days);
+    let year = y + i64::from(years);
+    let target = if d > days_in_month(year, mo) {
+        days_from_civil(year, mo, days_in_month(year, mo)) + 1
+    } else {
+        days_from_civil(year, mo, d)
+    };
+    target * 86_400_000 + in_day
+}
+
+/// The start (00:00 UTC) of a DICOM DA value's day (`YYYYMMDD`, surrounding spaces allowed);
+/// `None` for an empty, partial or impossible date.
+pub fn dicom_date_ms(da: &str) -> Option<i64> {
+    let da = da.trim();
+    if da.len() != 8 || !da.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let year: i64 = da[0..4].parse().ok()?;
+    let month: u32 = da[4..6].parse().ok()?;
+    let day: u32 = da[6..8].parse().ok()?;
+    if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
+        return None;
+    }
+    Some(days_from_civil(year, month, day) * 86_400_000)
+}
+
 /// `2026-11-26T10:00:00.123Z` (always UTC, always milliseconds).
 pub fn format_ms(ms: i64) -> String {
     let days = ms.div_euclid(86_400_000);

@@ -22,6 +22,8 @@ pub(crate) mod wado;
 
 use crate::archive::{Archive, Caller};
 use crate::config::HttpSection;
+use crate::tls::http::TlsPeer;
+use crate::tls::identity::CertificateFacts;
 use axum::extract::{ConnectInfo, DefaultBodyLimit};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -55,8 +57,10 @@ pub type State = Arc<AppState>;
 pub const ON_BEHALF_OF: &str = "x-on-behalf-of";
 
 /// The authenticated caller of a request: `Authorization: Bearer <token>` of a configured
-/// identity (every caller, in the standalone profile); a portal identity also names its
-/// patient in `X-On-Behalf-Of`. Anything else is answered 401 (or 400) before the handler.
+/// identity, or over HTTPS with mutual TLS the verified client certificate's identity, as
+/// `http.authentication` says (every caller, in the standalone profile); a portal identity
+/// also names its patient in `X-On-Behalf-Of`. Anything else is answered 401, 403 (or 400)
+/// before the handler.
 pub struct Who(pub Caller);
 
 impl axum::extract::FromRequestParts<State> for Who {
@@ -66,54 +70,65 @@ impl axum::extract::FromRequestParts<State> for Who {
         parts: &mut axum::http::request::Parts,
         state: &State,
     ) -> Result<Who, Response> {
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.to_string())
-            .unwrap_or_default();
+        // Plain HTTP gives the address; HTTPS its `TlsPeer` (address and client certificate).
+        let (peer, certificate) = match parts.extensions.get::<ConnectInfo<TlsPeer>>() {
+            Some(ConnectInfo(tls)) => (tls.address.to_string(), tls.certificate.clone()),
+            None => (
+                parts
+                    .extensions
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|c| c.0.to_string())
+                    .unwrap_or_default(),
+                None,
+            ),
+        };
         let protocol = if parts.extensions.get::<crate::api::ApiRequest>().is_some() {
             "api"
         } else {
             "dicomweb"
         };
         state
-            .authenticate(&parts.headers, peer, protocol)
+            .authenticate(&parts.headers, peer, certificate.as_deref(), protocol)
             .map(Who)
             .map_err(IntoResponse::into_response)
     }
 }
 
 impl AppState {
-    /// Identifies the caller of a request (see [`Who`]).
+    /// Identifies the caller of a request (see [`Who`]); `certificate` is the connection's
+    /// verified client certificate, if any.
     pub fn authenticate(
         &self,
         headers: &HeaderMap,
         peer: String,
+        certificate: Option<&CertificateFacts>,
         protocol: &'static str,
     ) -> Result<Caller, Refusal> {
-        let directory = self.archive.directory();
-        let token = match headers.get(header::AUTHORIZATION) {
-            None => None,
-            Some(value) => {
-                let text = value.to_str().unwrap_or_default();
-                match text.split_once(' ') {
-                    Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
-                        Some(token.trim())
-                    }
-                    _ => {
-                        return Err(Refusal::unauthorized(
-                            "the Authorization header must be `Bearer <token>`",
-                        ))
-                    }
-                }
+        use crate::tls::HttpAuthentication;
+        let (identity, peer) = match (self.http.authentication, certificate) {
+            (HttpAuthentication::Token, _) | (HttpAuthentication::Either, None) => {
+                (self.by_bearer_token(headers, &peer, protocol)?, peer)
             }
-        };
-        let Some(identity) = directory.by_token(token) else {
-            tracing::warn!(%peer, protocol, token_given = token.is_some(), "request refused: no identity");
-            return Err(Refusal::unauthorized(match token {
-                None => "this archive needs a bearer token (Authorization: Bearer <token>)",
-                Some(_) => "the bearer token is not one of this archive's identities",
-            }));
+            (HttpAuthentication::Certificate | HttpAuthentication::Either, Some(facts)) => {
+                let identity = crate::tls::identity::identify(self.archive.directory(), facts)
+                    .map_err(|reason| {
+                        tracing::warn!(%peer, protocol, subject = %facts.subject, %reason, "request refused: client certificate");
+                        Refusal::new(StatusCode::FORBIDDEN, reason)
+                    })?;
+                // The audit record's peer names the certificate too.
+                let peer = match &facts.common_name {
+                    Some(cn) => format!("{peer} CN={cn}"),
+                    None => peer,
+                };
+                (identity, peer)
+            }
+            (HttpAuthentication::Certificate, None) => {
+                tracing::warn!(%peer, protocol, "request refused: no client certificate");
+                return Err(Refusal::new(
+                    StatusCode::FORBIDDEN,
+                    "this archive identifies its callers by TLS client certificate, and this connection presented none (bearer tokens are not accepted)",
+                ));
+            }
         };
         let on_behalf_of = match identity.role {
             crate::archive::directory::Role::Portal => {
@@ -143,6 +158,41 @@ impl AppState {
         })
     }
 
+    /// The identity of `Authorization: Bearer <token>` (401 when there is none or it is not
+    /// one of the directory's).
+    fn by_bearer_token(
+        &self,
+        headers: &HeaderMap,
+        peer: &str,
+        protocol: &'static str,
+    ) -> Result<Arc<crate::archive::directory::Identity>, Refusal> {
+        let directory = self.archive.directory();
+        let token = match headers.get(header::AUTHORIZATION) {
+            None => None,
+            Some(value) => {
+                let text = value.to_str().unwrap_or_default();
+                match text.split_once(' ') {
+                    Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                        Some(token.trim())
+                    }
+                    _ => {
+                        return Err(Refusal::unauthorized(
+                            "the Authorization header must be `Bearer <token>`",
+                        ))
+                    }
+                }
+            }
+        };
+        let Some(identity) = directory.by_token(token) else {
+            tracing::warn!(%peer, protocol, token_given = token.is_some(), "request refused: no identity");
+            return Err(Refusal::unauthorized(match token {
+                None => "this archive needs a bearer token (Authorization: Bearer <token>)",
+                Some(_) => "the bearer token is not one of this archive's identities",
+            }));
+        };
+        Ok(identity)
+    }
+
     /// `http(s)://host/dicom-web`, for RetrieveURL and BulkDataURI values.
     fn base_url(&self, headers: &HeaderMap) -> String {
         if !self.http.public_url.is_empty() {
@@ -154,16 +204,21 @@ impl AppState {
             .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
             .unwrap_or("localhost");
         // Some clients (dicomweb-client) send Host without the port; when this server does
-        // not listen on port 80, the URLs it hands out must still name its port.
+        // not listen on port 80 (443 with TLS), the URLs it hands out must still name its port.
         let has_port = host
             .rsplit_once(':')
             .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
             && !host.ends_with(']');
+        let (scheme, default_port) = if self.http.tls {
+            ("https", 443)
+        } else {
+            ("http", 80)
+        };
         match self.bound.get() {
-            Some(bound) if !has_port && bound.port() != 80 => {
-                format!("http://{host}:{}{PREFIX}", bound.port())
+            Some(bound) if !has_port && bound.port() != default_port => {
+                format!("{scheme}://{host}:{}{PREFIX}", bound.port())
             }
-            _ => format!("http://{host}{PREFIX}"),
+            _ => format!("{scheme}://{host}{PREFIX}"),
         }
     }
 }

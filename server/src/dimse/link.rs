@@ -9,6 +9,10 @@
 //! (release, abort, anything unexpected) are cut out of the buffer whole and parsed by
 //! dicom-ul's `read_pdu`. Owning the buffer also lets a cancel check see a C-CANCEL that
 //! arrived in the same segment as the request it cancels.
+//!
+//! An association of the listener is plain or over TLS ([`ServerWire`]); under TLS the
+//! reads go through rustls (its plaintext is read into the same buffer) and the cancel check
+//! asks rustls for plaintext already decrypted before it looks at the socket.
 
 use kuvasto_dimse::command::{self, field, Command};
 use kuvasto_dimse::dataset::{DataSet, DATA_SET_BYTES_MAX};
@@ -17,7 +21,7 @@ use std::io::Read;
 use std::net::TcpStream;
 
 use dicom_ul::association::client::ClientAssociation;
-use dicom_ul::association::server::ServerAssociation;
+use dicom_ul::association::server::{ServerAssociation, TlsStream};
 use dicom_ul::association::{Association, SyncAssociation};
 use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu, PresentationContextResultReason};
 
@@ -57,7 +61,11 @@ pub enum LinkError {
 /// The association operations a [`Link`] needs; implemented for both sides.
 pub trait Wire {
     fn send_pdu(&mut self, pdu: &Pdu) -> Result<(), LinkError>;
-    fn socket(&mut self) -> &mut TcpStream;
+    /// Reads what has arrived into `buffer` (blocking until something has, or the socket's
+    /// read timeout).
+    fn read_input(&mut self, buffer: &mut [u8]) -> std::io::Result<usize>;
+    /// Whether input is waiting (so [`Wire::read_input`] would not block), without blocking.
+    fn input_waiting(&mut self) -> std::io::Result<bool>;
     /// Bytes dicom-ul read past the association negotiation, if any (taken once).
     fn take_read_buffer(&mut self) -> Vec<u8>;
     /// Largest PDU the peer accepts (0: no limit).
@@ -75,8 +83,11 @@ macro_rules! wire {
             fn send_pdu(&mut self, pdu: &Pdu) -> Result<(), LinkError> {
                 Ok(self.send(pdu)?)
             }
-            fn socket(&mut self) -> &mut TcpStream {
-                self.inner_stream()
+            fn read_input(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+                self.inner_stream().read(buffer)
+            }
+            fn input_waiting(&mut self) -> std::io::Result<bool> {
+                tcp_input_waiting(self.inner_stream())
             }
             fn take_read_buffer(&mut self) -> Vec<u8> {
                 SyncAssociation::get_mut(self).1.split().to_vec()
@@ -96,6 +107,124 @@ macro_rules! wire {
 
 wire!(ServerAssociation<TcpStream>, peer: requestor_max_pdu_length, local: acceptor_max_pdu_length);
 wire!(ClientAssociation<TcpStream>, peer: acceptor_max_pdu_length, local: requestor_max_pdu_length);
+
+/// Whether the socket has bytes to read, without blocking.
+fn tcp_input_waiting(socket: &mut TcpStream) -> std::io::Result<bool> {
+    socket.set_nonblocking(true)?;
+    let mut probe = [0u8; 1];
+    let ready = match socket.peek(&mut probe) {
+        Ok(n) => Ok(n > 0),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(e),
+    };
+    socket.set_nonblocking(false)?;
+    ready
+}
+
+/// Whether a TLS stream has plaintext to read, without blocking: plaintext rustls already
+/// decrypted, else whatever records have arrived are taken in (never waiting for more) and
+/// decrypted. A partial record, or records without application data, is not input.
+fn tls_input_waiting(stream: &mut TlsStream) -> std::io::Result<bool> {
+    let state = stream
+        .conn
+        .process_new_packets()
+        .map_err(std::io::Error::other)?;
+    if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() {
+        return Ok(true);
+    }
+    stream.sock.set_nonblocking(true)?;
+    let waiting = loop {
+        match stream.conn.read_tls(&mut stream.sock) {
+            // The peer closed the connection: a read reports it at once.
+            Ok(0) => break Ok(true),
+            Ok(_) => match stream.conn.process_new_packets() {
+                Ok(state) if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() => {
+                    break Ok(true)
+                }
+                Ok(_) => continue,
+                Err(e) => break Err(std::io::Error::other(e)),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break Ok(false),
+            Err(e) => break Err(e),
+        }
+    };
+    stream.sock.set_nonblocking(false)?;
+    waiting
+}
+
+/// An association of the listener: plain DICOM, or DICOM over TLS.
+pub enum ServerWire {
+    Plain(ServerAssociation<TcpStream>),
+    Tls(Box<ServerAssociation<TlsStream>>),
+}
+
+impl ServerWire {
+    /// Sends one PDU.
+    pub fn send(&mut self, pdu: &Pdu) -> Result<(), dicom_ul::association::Error> {
+        match self {
+            ServerWire::Plain(a) => a.send(pdu),
+            ServerWire::Tls(a) => a.send(pdu),
+        }
+    }
+
+    /// The TCP socket under the association (under TLS too): timeouts, shutdown.
+    pub fn inner_stream(&mut self) -> &mut TcpStream {
+        match self {
+            ServerWire::Plain(a) => a.inner_stream(),
+            ServerWire::Tls(a) => &mut a.inner_stream().sock,
+        }
+    }
+
+    /// The calling AE title.
+    pub fn peer_ae_title(&self) -> &str {
+        match self {
+            ServerWire::Plain(a) => a.peer_ae_title(),
+            ServerWire::Tls(a) => a.peer_ae_title(),
+        }
+    }
+}
+
+impl Wire for ServerWire {
+    fn send_pdu(&mut self, pdu: &Pdu) -> Result<(), LinkError> {
+        Ok(self.send(pdu)?)
+    }
+    fn read_input(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            ServerWire::Plain(a) => a.inner_stream().read(buffer),
+            ServerWire::Tls(a) => a.inner_stream().read(buffer),
+        }
+    }
+    fn input_waiting(&mut self) -> std::io::Result<bool> {
+        match self {
+            ServerWire::Plain(a) => tcp_input_waiting(a.inner_stream()),
+            ServerWire::Tls(a) => tls_input_waiting(a.inner_stream()),
+        }
+    }
+    fn take_read_buffer(&mut self) -> Vec<u8> {
+        match self {
+            ServerWire::Plain(a) => a.take_read_buffer(),
+            ServerWire::Tls(a) => SyncAssociation::get_mut(a.as_mut()).1.split().to_vec(),
+        }
+    }
+    fn peer_max_pdu(&self) -> u32 {
+        match self {
+            ServerWire::Plain(a) => a.peer_max_pdu(),
+            ServerWire::Tls(a) => a.requestor_max_pdu_length(),
+        }
+    }
+    fn local_max_pdu(&self) -> u32 {
+        match self {
+            ServerWire::Plain(a) => a.local_max_pdu(),
+            ServerWire::Tls(a) => a.acceptor_max_pdu_length(),
+        }
+    }
+    fn contexts(&self) -> &[dicom_ul::pdu::PresentationContextNegotiated] {
+        match self {
+            ServerWire::Plain(a) => a.contexts(),
+            ServerWire::Tls(a) => a.presentation_contexts(),
+        }
+    }
+}
 
 /// An accepted presentation context.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,7 +341,7 @@ impl<W: Wire> Link<W> {
         if self.end == self.buffer.len() {
             return Err(LinkError::Protocol("read buffer full".into()));
         }
-        let n = self.wire.socket().read(&mut self.buffer[self.end..])?;
+        let n = self.wire.read_input(&mut self.buffer[self.end..])?;
         if n == 0 {
             return Err(LinkError::Io(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
@@ -505,19 +634,7 @@ impl<W: Wire> Link<W> {
         debug_assert_eq!(self.pdv_left, 0, "called between messages");
         if self.available() < PDU_HEADER_BYTES + PDV_HEADER_BYTES as usize + 128 {
             // Whatever has arrived (without waiting for more).
-            let socket = self.wire.socket();
-            socket.set_nonblocking(true)?;
-            let mut probe = [0u8; 1];
-            let ready = match socket.peek(&mut probe) {
-                Ok(n) => n > 0,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
-                Err(e) => {
-                    socket.set_nonblocking(false)?;
-                    return Err(e.into());
-                }
-            };
-            socket.set_nonblocking(false)?;
-            if ready {
+            if self.wire.input_waiting()? {
                 self.read_some()?;
             }
         }
@@ -568,5 +685,109 @@ pub fn pdu_name(pdu: &Pdu) -> &'static str {
         Pdu::ReleaseRQ => "A-RELEASE-RQ",
         Pdu::ReleaseRP => "A-RELEASE-RP",
         Pdu::AbortRQ { .. } => "A-ABORT",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use std::io::Write;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    /// A TLS connection over loopback TCP: (server side as the listener has it, client side).
+    fn tls_pair() -> (
+        TlsStream,
+        rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    ) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("names");
+        let certificate = params.self_signed(&key).expect("certificate");
+        let der = CertificateDer::from(certificate.der().to_vec());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![der.clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .expect("server config");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).expect("root");
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address");
+        let client_side = std::thread::spawn(move || {
+            let socket = TcpStream::connect(address).expect("connect");
+            let connection = rustls::ClientConnection::new(
+                Arc::new(client),
+                "localhost".try_into().expect("name"),
+            )
+            .expect("client");
+            let mut stream = rustls::StreamOwned::new(connection, socket);
+            while stream.conn.is_handshaking() {
+                stream
+                    .conn
+                    .complete_io(&mut stream.sock)
+                    .expect("client handshake");
+            }
+            stream
+        });
+        let (socket, _) = listener.accept().expect("accept");
+        let connection = rustls::ServerConnection::new(Arc::new(server)).expect("server");
+        let mut server_side = rustls::StreamOwned::new(connection, socket);
+        while server_side.conn.is_handshaking() {
+            server_side
+                .conn
+                .complete_io(&mut server_side.sock)
+                .expect("server handshake");
+        }
+        (server_side, client_side.join().expect("client thread"))
+    }
+
+    fn eventually_waiting(stream: &mut TlsStream) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if tls_input_waiting(stream).expect("check") {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    #[test]
+    fn tls_input_is_seen_in_the_socket_and_in_what_rustls_already_decrypted() {
+        let (mut server, mut client) = tls_pair();
+        assert!(
+            !tls_input_waiting(&mut server).expect("check"),
+            "nothing sent yet"
+        );
+        client.write_all(b"C-CANCEL").expect("write");
+        client.flush().expect("flush");
+        assert!(eventually_waiting(&mut server), "sent bytes are input");
+        // The socket stays blocking for the reads that follow.
+        let mut two = [0u8; 2];
+        server.read_exact(&mut two).expect("read");
+        assert_eq!(&two, b"C-");
+        // The rest is decrypted inside rustls, not in the socket: still input.
+        assert!(tls_input_waiting(&mut server).expect("check"));
+        let mut rest = [0u8; 6];
+        server.read_exact(&mut rest).expect("read");
+        assert_eq!(&rest, b"CANCEL");
+        assert!(!tls_input_waiting(&mut server).expect("check"), "all read");
+        // The peer closing is input too (a read reports it at once).
+        client.conn.send_close_notify();
+        client.conn.complete_io(&mut client.sock).expect("close");
+        assert!(eventually_waiting(&mut server), "close is reported");
+        let mut buffer = [0u8; 8];
+        assert_eq!(server.read(&mut buffer).expect("read at close"), 0);
     }
 }

@@ -2,16 +2,26 @@
 //! `associations_max` at once, calling AE titles checked against the configured list, and
 //! each accepted association served by a [`Session`].
 //!
-//! Limits: association negotiation must finish within `artim_timeout_seconds`; an
+//! With TLS (`dimse.tls`, or a second listener at `dimse.tls_listen`), dicom-ul's
+//! `establish_tls` runs the handshake and then the negotiation. Under mutual TLS the
+//! association's access control maps the verified client certificate to an identity
+//! (`crate::tls::identity`) and rejects (A-ASSOCIATE-RJ, calling AE title not recognized) a
+//! certificate that maps to none, or whose identity does not own the calling AE title.
+//!
+//! Limits: association negotiation (and the TLS handshake before it) must finish within
+//! `artim_timeout_seconds`; an
 //! association idle for `idle_timeout_seconds` is closed (an instance half received is then
 //! dropped, never committed); PDUs over `max_pdu_bytes` get an A-ABORT. On stop, associations
 //! get `grace` to finish, then their sockets are shut down.
 
+use super::link::{ServerWire, Wire};
 use super::session::{Services, Session};
-use crate::archive::Caller;
+use crate::archive::directory::Identity;
+use crate::archive::{Archive, Caller};
+use crate::tls::identity::CertificateFacts;
+use crate::tls::{CapturedCertificate, OidSource};
 use anyhow::Context;
 use dicom_ul::association::server::{AccessControl, Negotiation};
-use dicom_ul::association::Association;
 use dicom_ul::pdu::{AssociationRJServiceUserReason, RequestorRoles};
 use dicom_ul::ServerAssociationOptions;
 use std::collections::HashMap;
@@ -23,13 +33,52 @@ use std::time::{Duration, Instant};
 /// The Verification SOP class.
 pub const VERIFICATION: &str = "1.2.840.10008.1.1";
 
-/// Calling AE titles allowed to associate (all when the list is empty).
 /// Calling AE titles allowed to associate: any (standalone with no list), or exactly these
-/// (the national profile's identities, or the standalone list).
-#[derive(Debug, Clone)]
+/// (the national profile's identities, or the standalone list); under mutual TLS, a client
+/// certificate decides first.
+#[derive(Clone)]
 struct CallingAeTitles {
     any: bool,
     titles: Vec<String>,
+    /// TLS associations with client certificates: the certificate's identity.
+    certificate: Option<CertificateCheck>,
+}
+
+/// The access control's view of one TLS association's client certificate.
+#[derive(Clone)]
+struct CertificateCheck {
+    /// Filled by the handshake's verifier (before the A-ASSOCIATE-RQ is read).
+    captured: CapturedCertificate,
+    archive: Arc<Archive>,
+    from: OidSource,
+    /// The certificate's identity, once accepted (the session acts as it).
+    decided: Arc<Mutex<Option<Arc<Identity>>>>,
+}
+
+impl CertificateCheck {
+    /// `Ok(None)`: no certificate was presented (optional client certificates): the AE title
+    /// decides as without TLS.
+    fn decide(&self, calling_ae_title: &str) -> Result<Option<Arc<Identity>>, String> {
+        let der = match self.captured.lock() {
+            Ok(slot) => slot.clone(),
+            Err(_) => return Err("the certificate slot is poisoned".into()),
+        };
+        // Standalone: the certificate only opened the connection; the AE title rules apply
+        // as without TLS.
+        let Some(der) = der.filter(|_| !self.archive.directory().is_standalone()) else {
+            return Ok(None);
+        };
+        let facts = CertificateFacts::read(der.as_ref(), self.from);
+        let identity = crate::tls::identity::identify_association(
+            self.archive.directory(),
+            &facts,
+            calling_ae_title,
+        )?;
+        if let Ok(mut decided) = self.decided.lock() {
+            *decided = Some(identity.clone());
+        }
+        Ok(Some(identity))
+    }
 }
 
 impl AccessControl for CallingAeTitles {
@@ -40,6 +89,16 @@ impl AccessControl for CallingAeTitles {
         _called_ae_title: &str,
         _user_identity: Option<&dicom_ul::pdu::UserIdentity>,
     ) -> Result<(), AssociationRJServiceUserReason> {
+        if let Some(check) = &self.certificate {
+            match check.decide(calling_ae_title) {
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) => {}
+                Err(reason) => {
+                    tracing::warn!(calling = %calling_ae_title.trim(), %reason, "DIMSE association rejected: client certificate");
+                    return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
+                }
+            }
+        }
         if self.any || self.titles.iter().any(|t| t == calling_ae_title.trim()) {
             Ok(())
         } else {
@@ -84,22 +143,24 @@ impl Active {
 
 /// A running listener; [`Listener::stop`] ends it.
 pub struct Listener {
+    /// `dimse.listen` (plain, or TLS with `dimse.tls`).
     pub address: SocketAddr,
+    /// `dimse.tls_listen`, when configured.
+    pub tls_address: Option<SocketAddr>,
     stop: Arc<AtomicBool>,
     active: Arc<Active>,
     services: Arc<Services>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Listener {
-    /// Binds and starts accepting associations.
+    /// Binds and starts accepting associations (on `dimse.listen`, and on `dimse.tls_listen`
+    /// when set).
     pub fn start(services: Services) -> anyhow::Result<Listener> {
         let config = services.config.clone();
-        let listener = TcpListener::bind(config.listen)
-            .with_context(|| format!("binding DIMSE to {}", config.listen))?;
-        let address = listener.local_addr()?;
-        // Polled, so that stop() is noticed within a tick.
-        listener.set_nonblocking(true)?;
+        if (config.tls || config.tls_listen.is_some()) && services.tls.is_none() {
+            anyhow::bail!("DIMSE over TLS needs the [tls] section loaded");
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let active = Arc::new(Active::default());
         // Every abstract syntax is accepted at negotiation (dicom-ul cannot list the standard's
@@ -116,42 +177,74 @@ impl Listener {
             .read_timeout(Duration::from_secs(config.artim_timeout_seconds))
             .write_timeout(Duration::from_secs(config.artim_timeout_seconds));
         let services = Arc::new(services);
-        let shared = services.clone();
-        let stopping = stop.clone();
-        let registry = active.clone();
-        let thread = std::thread::Builder::new()
-            .name("kuvasto-dimse".into())
-            .spawn(move || {
-                while !stopping.load(Ordering::Relaxed) {
-                    match listener.accept() {
-                        Ok((stream, peer)) => {
-                            accept(&options, &services, &registry, stream, peer);
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(20));
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "DIMSE accept failed");
-                            std::thread::sleep(Duration::from_millis(50));
-                        }
-                    }
-                }
-            })?;
-        tracing::info!(%address, ae_title = %config.ae_title, "DIMSE listening");
-        Ok(Listener {
-            address,
+        let mut endpoints = vec![(config.listen, config.tls)];
+        if let Some(address) = config.tls_listen {
+            endpoints.push((address, true));
+        }
+        let mut listener = Listener {
+            address: config.listen,
+            tls_address: None,
             stop,
             active,
-            services: shared,
-            thread: Some(thread),
-        })
+            services: services.clone(),
+            threads: Vec::new(),
+        };
+        // Every socket bound before any thread starts, so a failed bind leaves nothing behind.
+        let mut sockets = Vec::with_capacity(endpoints.len());
+        for (bind, tls) in endpoints {
+            let socket = TcpListener::bind(bind).with_context(|| {
+                format!("binding DIMSE{} to {bind}", if tls { " (TLS)" } else { "" })
+            })?;
+            // Polled, so that stop() is noticed within a tick.
+            socket.set_nonblocking(true)?;
+            sockets.push((socket, tls));
+        }
+        for (n, (socket, tls)) in sockets.into_iter().enumerate() {
+            let address = socket.local_addr()?;
+            if n == 0 {
+                listener.address = address;
+            } else {
+                listener.tls_address = Some(address);
+            }
+            let options = options.clone();
+            let services = services.clone();
+            let stopping = listener.stop.clone();
+            let registry = listener.active.clone();
+            let thread = std::thread::Builder::new()
+                .name("kuvasto-dimse".into())
+                .spawn(move || {
+                    while !stopping.load(Ordering::Relaxed) {
+                        match socket.accept() {
+                            Ok((stream, peer)) => {
+                                accept(&options, &services, &registry, stream, peer, tls);
+                            }
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                                std::thread::sleep(Duration::from_millis(20));
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "DIMSE accept failed");
+                                std::thread::sleep(Duration::from_millis(50));
+                            }
+                        }
+                    }
+                });
+            match thread {
+                Ok(thread) => listener.threads.push(thread),
+                Err(e) => {
+                    listener.stop(Duration::ZERO);
+                    return Err(e).context("starting the DIMSE accept thread");
+                }
+            }
+            tracing::info!(%address, ae_title = %config.ae_title, tls, "DIMSE listening");
+        }
+        Ok(listener)
     }
 
     /// Stops accepting, gives the associations being served `grace` to end, then shuts their
     /// sockets down (an instance half received is dropped, never committed).
     pub fn stop(mut self, grace: Duration) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
         let deadline = Instant::now() + grace;
@@ -178,11 +271,17 @@ fn accept(
     active: &Arc<Active>,
     stream: TcpStream,
     peer: SocketAddr,
+    tls: bool,
 ) {
     let associations_max = services.config.associations_max;
     if active.count() >= associations_max {
-        tracing::warn!(%peer, associations_max, "DIMSE association refused: too many at once");
-        refuse_busy(stream);
+        tracing::warn!(%peer, associations_max, tls, "DIMSE association refused: too many at once");
+        if tls {
+            // An A-ASSOCIATE-RJ needs a handshake first; a full listener does not do one.
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        } else {
+            refuse_busy(stream);
+        }
         return;
     }
     let Ok(registered) = stream.try_clone() else {
@@ -198,7 +297,7 @@ fn accept(
     let spawned = std::thread::Builder::new()
         .name("kuvasto-assoc".into())
         .spawn(move || {
-            if let Err(e) = serve_association(&options, &services, stream, peer) {
+            if let Err(e) = serve_association(&options, &services, stream, peer, tls) {
                 tracing::warn!(%peer, error = %e, "DIMSE association ended with an error");
             }
             if let Ok(mut sockets) = registry.sockets.lock() {
@@ -219,13 +318,28 @@ fn calling_ae_titles(services: &Services) -> CallingAeTitles {
         CallingAeTitles {
             any: services.config.calling_ae_titles.is_empty(),
             titles: services.config.calling_ae_titles.clone(),
+            certificate: None,
         }
     } else {
         CallingAeTitles {
             any: false,
             titles: directory.ae_titles(),
+            certificate: None,
         }
     }
+}
+
+/// An error and its sources, `: `-separated (dicom-ul's TLS errors say what failed only in
+/// their source).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
 }
 
 /// Runs `f` when dropped (the association gauge goes down however a session ends).
@@ -268,27 +382,65 @@ fn serve_association(
     services: &Services,
     stream: TcpStream,
     peer: SocketAddr,
+    tls: bool,
 ) -> anyhow::Result<()> {
     let config = &services.config;
     stream.set_nonblocking(false)?;
     stream.set_nodelay(true)?;
-    let mut association = options.establish(stream)?;
+    let (mut wire, certificate_identity) = if tls {
+        let Some(setup) = &services.tls else {
+            anyhow::bail!("DIMSE over TLS without the [tls] section");
+        };
+        let handshake = setup.dimse_handshake()?;
+        let decided: Arc<Mutex<Option<Arc<Identity>>>> = Arc::default();
+        let mut access = calling_ae_titles(services);
+        access.certificate = handshake.captured.map(|captured| CertificateCheck {
+            captured,
+            archive: services.archive.clone(),
+            from: setup.organisation_oid_from,
+            decided: decided.clone(),
+        });
+        let options = options
+            .clone()
+            .ae_access_control(access)
+            .tls_config(handshake.config);
+        let association = match options.establish_tls(stream) {
+            Ok(association) => association,
+            // Rejected (unknown AE title; a certificate's refusal is logged with its reason by
+            // the access control): as on a plain listener.
+            Err(e @ dicom_ul::association::Error::Rejected { .. }) => return Err(e.into()),
+            Err(e) => {
+                // A failed handshake (no, an untrusted or an expired certificate; not TLS at
+                // all): the peer's problem, logged with the reason.
+                tracing::info!(%peer, error = %error_chain(&e), "DIMSE over TLS: handshake failed");
+                return Ok(());
+            }
+        };
+        let identity = decided.lock().ok().and_then(|d| d.clone());
+        (ServerWire::Tls(Box::new(association)), identity)
+    } else {
+        (ServerWire::Plain(options.establish(stream)?), None)
+    };
     let idle = Duration::from_secs(config.idle_timeout_seconds);
-    association.inner_stream().set_read_timeout(Some(idle))?;
-    association.inner_stream().set_write_timeout(Some(idle))?;
-    let peer_ae_title = association.peer_ae_title().trim().to_string();
-    tracing::info!(%peer, calling = %peer_ae_title, contexts = association.presentation_contexts().len(), "DIMSE association accepted");
-    // The access control let only known callers in; the identity is looked up again here.
-    let identity = services
-        .archive
-        .directory()
-        .by_ae_title(&peer_ae_title)
-        .ok_or_else(|| anyhow::anyhow!("calling AE title {peer_ae_title} has no identity"))?;
+    wire.inner_stream().set_read_timeout(Some(idle))?;
+    wire.inner_stream().set_write_timeout(Some(idle))?;
+    let peer_ae_title = wire.peer_ae_title().trim().to_string();
+    tracing::info!(%peer, calling = %peer_ae_title, tls, certificate = certificate_identity.is_some(), contexts = wire.contexts().len(), "DIMSE association accepted");
+    // The access control let only known callers in (a client certificate's identity, or a
+    // known AE title); the identity is looked up again here.
+    let identity = match certificate_identity {
+        Some(identity) => identity,
+        None => services
+            .archive
+            .directory()
+            .by_ae_title(&peer_ae_title)
+            .ok_or_else(|| anyhow::anyhow!("calling AE title {peer_ae_title} has no identity"))?,
+    };
     let metrics = services.archive.metrics();
     metrics.association_opened();
     let _closed = scopeguard(|| metrics.association_closed());
     let session = Session {
-        link: super::link::Link::new(association),
+        link: super::link::Link::new(wire),
         services,
         caller: Caller {
             identity,

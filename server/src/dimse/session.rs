@@ -3,15 +3,13 @@
 //! is answered completely before the next is read; a C-CANCEL is looked for while a C-FIND,
 //! C-GET or C-MOVE is answering.
 
-use super::link::{Incoming, Link, LinkError};
+use super::link::{Incoming, Link, LinkError, ServerWire};
 use super::{commitment, find, retrieve, store};
 use crate::archive::{Archive, Caller};
 use crate::config::DimseSection;
-use dicom_ul::association::server::ServerAssociation;
 use dicom_ul::pdu::{AbortRQServiceProviderReason, AbortRQSource, Pdu};
 use kuvasto_dimse::command::{field, status, Command};
 use kuvasto_engine::dicom::Tag;
-use std::net::TcpStream;
 use std::sync::Arc;
 
 /// What every association of a listener shares.
@@ -20,10 +18,12 @@ pub struct Services {
     pub config: DimseSection,
     pub extra_tags: Vec<Tag>,
     pub notifier: Arc<super::notify::Notifier>,
+    /// TLS for `dimse.tls` / `dimse.tls_listen` (loaded at start; `None` without TLS).
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 pub struct Session<'s> {
-    pub link: Link<ServerAssociation<TcpStream>>,
+    pub link: Link<ServerWire>,
     pub services: &'s Services,
     pub caller: Caller,
     /// The calling AE title.

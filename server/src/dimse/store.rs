@@ -3,13 +3,11 @@
 //! presentation context, so the archive keeps a Part 10 object exactly as received. The
 //! response is sent once the engine has the instance durable, or with the failure's status.
 
-use super::link::{Link, LinkError};
+use super::link::{Link, LinkError, ServerWire};
 use super::session::Session;
 use crate::archive::{Failure, FailureReason};
-use dicom_ul::association::server::ServerAssociation;
 use kuvasto_dimse::command::{status, Command};
 use kuvasto_engine::dicom::meta::encode_file_meta;
-use std::net::TcpStream;
 
 /// ErrorComment (LO) holds at most 64 characters.
 pub fn error_comment(message: &str) -> String {
@@ -29,7 +27,7 @@ pub fn error_comment(message: &str) -> String {
 }
 
 /// Reads and drops the rest of a data set (after a refusal), so the association stays usable.
-pub fn drain(link: &mut Link<ServerAssociation<TcpStream>>, context: u8) -> Result<(), LinkError> {
+pub fn drain(link: &mut Link<ServerWire>, context: u8) -> Result<(), LinkError> {
     link.stream_data(context, &mut |_| {})
 }
 

@@ -381,6 +381,50 @@ pub(crate) fn curl(args: &[&str], body: Option<&[u8]>) -> Reply {
     }
 }
 
+/// The JSON lines of a `GET /api/audit` reply, which must be 200.
+pub(crate) fn audit_records(reply: &Reply) -> Vec<serde_json::Value> {
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    String::from_utf8_lossy(&reply.body)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("an audit JSON line"))
+        .collect()
+}
+
+/// The audit records of `action` of a standalone server (every caller is its operator).
+pub(crate) fn audit(server: &Server, action: &str) -> Vec<serde_json::Value> {
+    audit_records(&curl(
+        &[&format!("http://{}/api/audit?action={action}", server.addr)],
+        None,
+    ))
+}
+
+/// `kuvasto serve` with `args` on a fresh data directory, expected to refuse to start: its
+/// stderr.
+pub(crate) fn serve_refused(args: &[&std::ffi::OsStr]) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_kuvasto"))
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args([
+            "--http-listen",
+            "127.0.0.1:0",
+            "--dimse-listen",
+            "127.0.0.1:0",
+        ])
+        .args(args)
+        .output()
+        .expect("run kuvasto serve");
+    assert!(!out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 trait LastStatus {
     fn last_status(self) -> u16;
 }
@@ -968,7 +1012,14 @@ fn deleted_instances_are_gone_and_compaction_reclaims_their_space() {
     let data = dir.path().join("data");
     let before = segment_bytes(&data);
     let out = Command::new(env!("CARGO_BIN_EXE_kuvasto"))
-        .args(["compact", "--segment-size-mib", "16", "--data-dir"])
+        .args([
+            "compact",
+            "--profile",
+            "standalone",
+            "--segment-size-mib",
+            "16",
+            "--data-dir",
+        ])
         .arg(&data)
         .output()
         .expect("run kuvasto compact");

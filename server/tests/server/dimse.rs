@@ -112,7 +112,7 @@ fn free_port() -> u16 {
 }
 
 /// Runs a dcmtk tool; (success, stdout + stderr).
-fn dcmtk(tool: &str, args: &[&str]) -> (bool, String) {
+pub(crate) fn dcmtk<S: AsRef<std::ffi::OsStr>>(tool: &str, args: &[S]) -> (bool, String) {
     let out = Command::new(format!("/usr/bin/{tool}"))
         .args(args)
         .env("TCP_NODELAY", "1")

@@ -152,7 +152,7 @@ fn retrieved(server: &Server, (study, series, sop): &(String, String, String)) -
 
 /// A CT instance the national rules accept: a valid personal identity code (or `patient`)
 /// and an examination code of the nomenclature.
-fn national_ct(sop: &str, study: &str, patient: &str) -> Vec<u8> {
+pub(crate) fn national_ct(sop: &str, study: &str, patient: &str) -> Vec<u8> {
     let data_set = [
         el(Tag::new(0x0008, 0x0005), b"CS", &text("ISO_IR 192")),
         el(Tag::new(0x0008, 0x0016), b"UI", &ui(CT)),

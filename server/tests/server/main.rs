@@ -3,9 +3,12 @@
 //! DIMSE driven by dcmtk and pynetdicom.
 
 mod cli;
+mod compaction;
 mod dicomweb;
 mod dimse;
 mod dimse_python;
 mod import;
 mod metrics;
+mod ops;
 mod rules;
+mod tls;

@@ -108,21 +108,7 @@ fn quarantine_releases_on_document_arrival_and_survives_a_restart() {
 
 #[test]
 fn the_national_profile_refuses_to_start_without_identities() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(env!("CARGO_BIN_EXE_kuvasto"))
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .args([
-            "--http-listen",
-            "127.0.0.1:0",
-            "--dimse-listen",
-            "127.0.0.1:0",
-        ])
-        .output()
-        .expect("run kuvasto serve");
-    assert!(!out.status.success(), "{out:?}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = crate::dicomweb::serve_refused(&[]);
     assert!(
         stderr.contains("[[identities]]") && stderr.contains("standalone"),
         "{stderr}"
