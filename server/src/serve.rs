@@ -137,7 +137,9 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let http_tls = if config.http.tls { tls.clone() } else { None };
     let served = runtime.block_on(run_http(state.clone(), &config, grace, http_tls));
     dimse.stop(grace);
-    // A compaction under way finishes its current step; nothing half-done becomes visible.
+    // A scheduled compaction under way is waited for (it has no midway stop). One asked for
+    // through the admin socket is not: the process may end under it, which is a crash it
+    // recovers from (copies count only once sealed and renamed; originals go last).
     drop(scheduler);
     drop(admin);
     // Abandon whatever is still running on the blocking pool (uploads see their body end

@@ -320,6 +320,12 @@ impl Archive {
         study_date: &str,
     ) -> Result<Option<ExpiredStudy>, ArchiveError> {
         let record = self.state.read().studies.get(study).cloned();
+        // Quarantine has its own expiry; an expired study is done.
+        if record.as_ref().is_some_and(|r| {
+            !matches!(r.state, StudyState::Linked | StudyState::Invalidated { .. })
+        }) {
+            return Ok(None);
+        }
         let instances = self.all_instances(Query {
             level: Level::Instance,
             filters: vec![super::uid_filter(tags::STUDY_INSTANCE_UID, study)?],
@@ -332,25 +338,18 @@ impl Archive {
         } else {
             study_date.to_string()
         };
-        let standalone_register = self.rules.audit_source_id.clone();
         let facts = match &record {
-            Some(r) => {
-                match r.state {
-                    StudyState::Linked | StudyState::Invalidated { .. } => {}
-                    // Quarantine has its own expiry; expired is done.
-                    StudyState::Quarantined { .. } | StudyState::Expired { .. } => return Ok(None),
-                }
-                StudyFacts {
-                    content_type: r.content_type.clone(),
-                    register: r.register.clone(),
-                    study_date_ms: time::dicom_date_ms(&study_date),
-                    stored_ms: Some(r.created_ms),
-                }
-            }
+            Some(r) => StudyFacts {
+                content_type: r.content_type.clone(),
+                register: r.register.clone(),
+                study_date_ms: time::dicom_date_ms(&study_date),
+                stored_ms: Some(r.created_ms),
+            },
             None => StudyFacts {
                 content_type: String::new(),
+                // Standalone: the one register, named after the archive's organisation.
                 register: if self.directory.is_standalone() {
-                    standalone_register
+                    self.rules.audit_source_id.clone()
                 } else {
                     String::new()
                 },

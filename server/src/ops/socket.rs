@@ -29,6 +29,9 @@ const CONNECTIONS_MAX: usize = 4;
 /// Largest request line.
 const REQUEST_BYTES_MAX: u64 = 64 * 1024;
 
+/// A client must send its request within this long (a silent one would hold a slot).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How often the accept loop looks at the stop flag.
 const ACCEPT_POLL: Duration = Duration::from_millis(100);
 
@@ -142,6 +145,7 @@ fn accept_loop(listener: UnixListener, archive: Arc<Archive>, stop: Arc<AtomicBo
 
 fn serve_one(stream: UnixStream, archive: &Archive) -> anyhow::Result<()> {
     stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
     let peer = peer_credentials(&stream);
     let mut line = String::new();
     BufReader::new((&stream).take(REQUEST_BYTES_MAX))
