@@ -99,7 +99,7 @@ fn studies_of(store: &Store, patient: &str) -> Vec<(String, u32, u32)> {
     out
 }
 
-fn small_segments() -> StoreConfig {
+pub(crate) fn small_segments() -> StoreConfig {
     StoreConfig {
         segment_size_bytes_max: 256 << 10,
         put_buffer_bytes: 32 << 10,

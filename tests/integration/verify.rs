@@ -9,7 +9,7 @@ use kuvasto_engine::dicom::Tag;
 use kuvasto_engine::index::attrs::{tags, Level};
 use kuvasto_engine::index::catalog::{Hits, Query};
 use kuvasto_engine::verify::{AffectedKey, SegmentDamage};
-use kuvasto_engine::{Namespace, Store, StoreConfig, VerifyProgress, VerifyReport};
+use kuvasto_engine::{Namespace, Store, VerifyProgress, VerifyReport};
 use kuvasto_tests::{content, small_config};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -296,19 +296,10 @@ fn instance_count(store: &Store) -> usize {
 
 const INSTANCES: usize = 300;
 
-fn index_config() -> StoreConfig {
-    StoreConfig {
-        segment_size_bytes_max: 256 << 10,
-        put_buffer_bytes: 32 << 10,
-        batch_bytes_max: 128 << 10,
-        ..StoreConfig::default()
-    }
-}
-
 #[test]
 fn a_flipped_byte_in_an_index_run_is_reported_and_repaired_from_the_segments() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(dir.path(), index_config()).expect("open");
+    let store = Store::open(dir.path(), crate::instances::small_segments()).expect("open");
     for i in 0..INSTANCES {
         let mut put = store.put_instance();
         put.write(&ct("1.2.9.1", &format!("1.2.9.1.1.{i}")))
@@ -350,7 +341,7 @@ fn a_flipped_byte_in_an_index_run_is_reported_and_repaired_from_the_segments() {
     );
     flip(&run, at, 0x5A);
 
-    let store = Store::open(dir.path(), index_config()).expect("reopen");
+    let store = Store::open(dir.path(), crate::instances::small_segments()).expect("reopen");
     let (report, _) = verify(&store);
     assert!(report.segments_clean(), "{report:#?}");
     assert!(!report.runs_clean());
@@ -369,7 +360,8 @@ fn a_flipped_byte_in_an_index_run_is_reported_and_repaired_from_the_segments() {
     assert!(report.is_clean(), "{report:#?}");
     assert_eq!(instance_count(&store), INSTANCES);
     store.close();
-    let store = Store::open(dir.path(), index_config()).expect("reopen after repair");
+    let store =
+        Store::open(dir.path(), crate::instances::small_segments()).expect("reopen after repair");
     assert_eq!(instance_count(&store), INSTANCES);
     assert!(verify(&store).0.is_clean());
 }
