@@ -35,7 +35,7 @@ use crate::index::attrs::{tags, InstanceAttrs, InstanceLocation};
 use crate::index::catalog::{Catalog, CatalogLimits, CatalogOpenReport, SegmentRecord};
 use crate::segment::format::{Namespace, RecordKind};
 use crate::segment::reader::Object;
-use crate::segment::recovery::sealed_directory;
+use crate::segment::recovery::sealed_entries;
 use crate::store::{Committed, PutStream, Shared, Store};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -129,6 +129,8 @@ pub(crate) struct Instances {
     pub config: InstanceConfig,
     pub catalog: Option<Arc<Catalog>>,
     pub open_report: CatalogOpenReport,
+    /// Damaged records opening could not index (also found by `Store::verify`).
+    pub unreadable_at_open: Vec<UnreadableRecord>,
     indexer: Option<std::thread::JoinHandle<()>>,
     /// Serialises indexing of sealed segments (the indexer thread and repairs), so that no
     /// segment gets two runs.
@@ -185,6 +187,7 @@ impl Instances {
                 config,
                 catalog: None,
                 open_report: CatalogOpenReport::default(),
+                unreadable_at_open: Vec::new(),
                 indexer: None,
                 indexing: Arc::default(),
                 claims: KeyClaims::default(),
@@ -195,8 +198,9 @@ impl Instances {
         // Runs over segments that are gone (compacted) are dropped; what they covered and
         // still exists is indexed again below.
         catalog.drop_runs_covering(|id| shared.segment(id).is_none())?;
-        index_sealed_segments(&shared, &catalog)?;
-        refill_memory_part(store, &catalog, &config)?;
+        let mut unreadable = Vec::new();
+        index_sealed_segments(&shared, &catalog, &mut unreadable)?;
+        refill_memory_part(store, &catalog, &config, &mut unreadable)?;
         catalog.maybe_merge()?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<u64>(SEAL_NOTICES_QUEUED_MAX);
         shared.set_seal_listener(tx);
@@ -211,8 +215,16 @@ impl Instances {
                 // segment makes a dropped notice harmless.
                 while rx.recv().is_ok() {
                     let _indexing = indexer_indexing.lock().unwrap_or_else(|p| p.into_inner());
-                    let indexed = index_sealed_segments(&indexer_shared, &indexer_catalog)
-                        .and_then(|_| indexer_catalog.maybe_merge());
+                    let mut unreadable = Vec::new();
+                    let indexed =
+                        index_sealed_segments(&indexer_shared, &indexer_catalog, &mut unreadable)
+                            .and_then(|_| indexer_catalog.maybe_merge());
+                    for record in &unreadable {
+                        eprintln!(
+                            "kuvasto: segment {} offset {}: metadata record of {} unreadable, not indexed: {}",
+                            record.segment_id, record.offset, record.key, record.reason
+                        );
+                    }
                     if let Err(e) = indexed {
                         // The runs are derived data: the next open retries. Queries keep
                         // answering from the in-memory part meanwhile.
@@ -225,6 +237,7 @@ impl Instances {
             config,
             catalog: Some(catalog),
             open_report,
+            unreadable_at_open: unreadable,
             indexer: Some(indexer),
             indexing,
             claims: KeyClaims::default(),
@@ -238,7 +251,8 @@ impl Instances {
             return Ok(Vec::new());
         };
         let _indexing = self.indexing.lock().unwrap_or_else(|p| p.into_inner());
-        let indexed = index_sealed_segments(shared, catalog)?;
+        let mut unreadable = Vec::new();
+        let indexed = index_sealed_segments(shared, catalog, &mut unreadable)?;
         catalog.maybe_merge()?;
         Ok(indexed)
     }
@@ -255,8 +269,23 @@ impl Instances {
 /// Seal notices waiting for the indexer, at most (more are dropped: see the indexer loop).
 const SEAL_NOTICES_QUEUED_MAX: usize = 64;
 
+/// A record the indexer could not read (damage in a sealed segment): left out of the catalog,
+/// reported, and found again by `kuvasto verify`; every other record is indexed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreadableRecord {
+    pub segment_id: u64,
+    pub offset: u64,
+    pub key: String,
+    pub reason: String,
+}
+
 /// Adds a run for every sealed segment no run covers yet, oldest first; returns their ids.
-fn index_sealed_segments(shared: &Shared, catalog: &Catalog) -> Result<Vec<u64>> {
+/// A damaged metadata record is skipped and listed in `unreadable`, never a reason to stop.
+fn index_sealed_segments(
+    shared: &Shared,
+    catalog: &Catalog,
+    unreadable: &mut Vec<UnreadableRecord>,
+) -> Result<Vec<u64>> {
     let covered = catalog.covered_segments();
     let sealed: Vec<_> = shared
         .read_segments()
@@ -267,7 +296,7 @@ fn index_sealed_segments(shared: &Shared, catalog: &Catalog) -> Result<Vec<u64>>
     let mut indexed = Vec::with_capacity(sealed.len());
     for segment in sealed {
         let mut records = Vec::new();
-        for entry in sealed_directory(&segment)? {
+        for entry in sealed_entries(&segment)? {
             if entry.namespace != Namespace::METADATA {
                 continue;
             }
@@ -281,21 +310,33 @@ fn index_sealed_segments(shared: &Shared, catalog: &Catalog) -> Result<Vec<u64>>
                 }),
                 RecordKind::Blob | RecordKind::Manifest => {
                     let lookup = |id: u64| shared.segment(id);
-                    let Ok(object) = Object::open(
+                    let bytes = Object::open(
                         &lookup,
                         segment.id,
                         entry.offset,
                         Namespace::METADATA,
                         &entry.key,
                         entry.seq,
-                    )?
-                    else {
-                        continue;
+                    )
+                    .and_then(|opened| opened.ok().map(|o| o.read_all()).transpose());
+                    let bytes = match bytes {
+                        Ok(Some(bytes)) => bytes,
+                        Ok(None) => continue, // a chunk's segment is gone: superseded
+                        Err(Error::Corruption { reason, .. }) => {
+                            unreadable.push(UnreadableRecord {
+                                segment_id: segment.id,
+                                offset: entry.offset,
+                                key: uid,
+                                reason,
+                            });
+                            continue;
+                        }
+                        Err(other) => return Err(other),
                     };
                     // A record that is not a metadata record (the raw byte API accepts any
                     // bytes in any namespace) is not indexed; its checksums passed, so it is
                     // not damage.
-                    let Ok(metadata) = InstanceMetadata::decode(&object.read_all()?) else {
+                    let Ok(metadata) = InstanceMetadata::decode(&bytes) else {
                         continue;
                     };
                     records.push(SegmentRecord::Instance {
@@ -332,8 +373,14 @@ fn object_location(shared: &Shared, m: &InstanceMetadata) -> InstanceLocation {
 }
 
 /// Puts the instances of unsealed segments into the catalog's in-memory part, re-deriving
-/// metadata that a crash left missing or stale.
-fn refill_memory_part(store: &Store, catalog: &Catalog, config: &InstanceConfig) -> Result<()> {
+/// metadata that a crash left missing or stale, and finishing deletes a crash cut in half.
+/// A damaged record is skipped and listed in `unreadable`.
+fn refill_memory_part(
+    store: &Store,
+    catalog: &Catalog,
+    config: &InstanceConfig,
+    unreadable: &mut Vec<UnreadableRecord>,
+) -> Result<()> {
     let shared = store.shared();
     let unsealed: Vec<u64> = shared
         .read_segments()
@@ -361,57 +408,97 @@ fn refill_memory_part(store: &Store, catalog: &Catalog, config: &InstanceConfig)
         let Ok(uid) = String::from_utf8(key.clone()) else {
             continue;
         };
-        if ns == Namespace::METADATA {
-            if entry.kind == RecordKind::Tombstone {
-                catalog.remove(&uid, entry.seq, entry.segment_id)?;
-                continue;
+        match refill_one(store, catalog, config, ns, &uid, entry) {
+            Ok(()) => {}
+            Err(Error::Corruption {
+                segment_id,
+                offset,
+                reason,
+            }) => {
+                // One damaged record can be met through two entries (an object's and its
+                // metadata's): listed once, at its own place.
+                if !unreadable
+                    .iter()
+                    .any(|u| (u.segment_id, u.offset) == (segment_id, offset))
+                {
+                    unreadable.push(UnreadableRecord {
+                        segment_id,
+                        offset,
+                        key: uid,
+                        reason,
+                    });
+                }
             }
-            let Some(object) = shared.get(Namespace::METADATA, &key)? else {
-                continue;
-            };
-            let Ok(metadata) = InstanceMetadata::decode(&object.read_all()?) else {
-                continue; // not a metadata record: see index_sealed_segments
-            };
-            catalog.insert(
-                metadata.attrs.clone(),
-                object_location(shared, &metadata),
-                metadata.object_seq,
-                entry.segment_id,
-            )?;
-            continue;
-        }
-        // An object in the newest segments: is its metadata current?
-        if entry.kind == RecordKind::Tombstone {
-            continue;
-        }
-        let current = match shared.get(Namespace::METADATA, &key)? {
-            Some(m) => InstanceMetadata::decode(&m.read_all()?)
-                .map(|m| m.object_seq == entry.seq)
-                .unwrap_or(false),
-            None => false,
-        };
-        if current {
-            continue;
-        }
-        let Some(object) = shared.get(Namespace::OBJECT, &key)? else {
-            continue;
-        };
-        // Re-derive. Objects put through the raw byte API (not `put_instance`) need not be
-        // DICOM: those are left unindexed, never a reason to refuse opening.
-        let derived = match derive_from_object(config, &object) {
-            Ok(derived) => derived,
-            Err(Error::Dicom(_) | Error::Limit { .. }) => continue,
             Err(other) => return Err(other),
-        };
-        let store_put = store.put(Namespace::METADATA, &key, &derived.encode())?;
-        catalog.insert(
-            derived.attrs.clone(),
-            object_location(shared, &derived),
-            derived.object_seq,
-            store_put.segment_id,
-        )?;
+        }
     }
     Ok(())
+}
+
+/// [`refill_memory_part`] for one index entry.
+fn refill_one(
+    store: &Store,
+    catalog: &Catalog,
+    config: &InstanceConfig,
+    ns: Namespace,
+    uid: &str,
+    entry: crate::index::Entry,
+) -> Result<()> {
+    let shared = store.shared();
+    let key = uid.as_bytes();
+    if ns == Namespace::METADATA {
+        if entry.kind == RecordKind::Tombstone {
+            catalog.remove(uid, entry.seq, entry.segment_id)?;
+            return Ok(());
+        }
+        let Some(object) = shared.get(Namespace::METADATA, key)? else {
+            return Ok(());
+        };
+        let Ok(metadata) = InstanceMetadata::decode(&object.read_all()?) else {
+            return Ok(()); // not a metadata record: see index_sealed_segments
+        };
+        return catalog.insert(
+            metadata.attrs.clone(),
+            object_location(shared, &metadata),
+            metadata.object_seq,
+            entry.segment_id,
+        );
+    }
+    // An object in the newest segments: is its metadata current?
+    if entry.kind == RecordKind::Tombstone {
+        // Half a delete (a crash between the object's tombstone and the metadata's): finish
+        // it, so the catalog does not list an instance that has no object.
+        if let Some(md) = store.delete(Namespace::METADATA, key)? {
+            catalog.remove(uid, md.seq, md.segment_id)?;
+        }
+        return Ok(());
+    }
+    let current = match shared.get(Namespace::METADATA, key)? {
+        Some(m) => InstanceMetadata::decode(&m.read_all()?)
+            .map(|m| m.object_seq == entry.seq)
+            .unwrap_or(false),
+        None => false,
+    };
+    if current {
+        return Ok(());
+    }
+    let Some(object) = shared.get(Namespace::OBJECT, key)? else {
+        return Ok(());
+    };
+    // Re-derive. Objects put through the raw byte API (not `put_instance`) need not be
+    // DICOM: those are left unindexed, never a reason to refuse opening.
+    let derived = match derive_from_object(config, &object) {
+        Ok(derived) => derived,
+        Err(Error::Dicom(_) | Error::Limit { .. }) => return Ok(()),
+        Err(other) => return Err(other),
+    };
+    let store_put = store.put(Namespace::METADATA, key, &derived.encode())?;
+    catalog.insert(
+        derived.attrs.clone(),
+        object_location(shared, &derived),
+        derived.object_seq,
+        store_put.segment_id,
+    )
 }
 
 /// Reads a stored object again to build its metadata record (repair path).
@@ -700,7 +787,8 @@ enum ObjectSource<'a> {
     Lazy {
         store: &'a Store,
         key: &'a [u8],
-        len: u64,
+        /// Where the object's findable record went (its version: `seq`).
+        placed: Committed,
         /// The object's commit when it may not be durable yet (opening waits for it).
         pending: Option<crate::PendingPut>,
         opened: Option<Object>,
@@ -721,30 +809,55 @@ impl ObjectSource<'_> {
     fn len(&self) -> u64 {
         match self {
             ObjectSource::Ready(object) => object.len(),
-            ObjectSource::Lazy { len, .. } => *len,
+            ObjectSource::Lazy { placed, .. } => placed.len,
         }
     }
 
+    /// The object of exactly this put's version: opening waits until it is durable (until
+    /// then the index still names the previous version of the key, if any).
     fn object(&mut self) -> Result<&Object> {
+        self.durable()?;
         match self {
             ObjectSource::Ready(object) => Ok(object),
             ObjectSource::Lazy {
-                store, key, opened, ..
+                store,
+                key,
+                placed,
+                opened,
+                ..
             } => {
                 if opened.is_none() {
-                    let object = store.get(Namespace::OBJECT, key)?.ok_or_else(|| {
-                        Error::InvalidArgument(format!(
-                            "instance {} vanished right after its commit (deleted concurrently)",
-                            String::from_utf8_lossy(key)
-                        ))
-                    })?;
-                    *opened = Some(object);
+                    *opened = Some(open_version(store, key, placed)?);
                 }
                 opened
                     .as_ref()
                     .ok_or_else(|| Error::InvalidArgument("object not opened".into()))
             }
         }
+    }
+}
+
+/// Opens the version of object `key` committed at `placed`: at its place, or where the index
+/// says if compaction moved it since; an error if the key holds another version by now.
+fn open_version(store: &Store, key: &[u8], placed: &Committed) -> Result<Object> {
+    let shared = store.shared();
+    let lookup = |id: u64| shared.segment(id);
+    if let Ok(object) = Object::open(
+        &lookup,
+        placed.segment_id,
+        placed.offset,
+        Namespace::OBJECT,
+        key,
+        placed.seq,
+    )? {
+        return Ok(object);
+    }
+    match store.get(Namespace::OBJECT, key)? {
+        Some(object) if object.seq == placed.seq => Ok(object),
+        _ => Err(Error::InvalidArgument(format!(
+            "instance {} was replaced or deleted concurrently, right after its commit",
+            String::from_utf8_lossy(key)
+        ))),
     }
 }
 
@@ -1086,7 +1199,7 @@ impl<'s> InstancePut<'s> {
         let object = ObjectSource::Lazy {
             store: self.store,
             key: key.as_bytes(),
-            len: committed.len,
+            placed: committed,
             pending: Some(pending),
             opened: None,
         };

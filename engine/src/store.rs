@@ -17,8 +17,8 @@ use crate::segment::recovery::{recover, RecoveryReport};
 use crate::segment::space::{self, SpaceReport};
 use crate::segment::writer::{Append, Body, LentBytes, Msg, Reply, Writer, FLUSHERS_MAX};
 use crate::verify::{RepairReport, VerifyProgress, VerifyReport};
-use std::collections::BTreeMap;
 use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender};
@@ -192,6 +192,10 @@ pub(crate) struct Shared {
     pub compaction: Mutex<()>,
     /// Told the id of every segment the writer seals (the catalog's indexer).
     seal_listener: Mutex<Option<SyncSender<u64>>>,
+    /// Segments holding chunks of puts not committed yet, with a count per chunk. Those
+    /// chunks have no index entry until their manifest is published, so the index alone
+    /// would call them garbage: compaction leaves pinned segments alone (see [`ChunkPins`]).
+    stream_pins: Mutex<HashMap<u64, usize>>,
 }
 
 impl Shared {
@@ -224,6 +228,44 @@ impl Shared {
         if let Some(tx) = &*self.seal_listener.lock().unwrap_or_else(|p| p.into_inner()) {
             let _ = tx.try_send(segment_id);
         }
+    }
+
+    /// A chunk of an uncommitted put was placed in `segment_id` (called by the writer before
+    /// it answers the chunk, so the pin exists before the segment can be sealed).
+    pub fn pin_segment(&self, segment_id: u64) {
+        *self
+            .stream_pins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(segment_id)
+            .or_default() += 1;
+    }
+
+    /// Releases one pin per listed segment (a chunk each).
+    pub fn unpin_segments(&self, segment_ids: &[u64]) {
+        let mut pins = self.stream_pins.lock().unwrap_or_else(|p| p.into_inner());
+        for id in segment_ids {
+            if let Some(count) = pins.get_mut(id) {
+                *count -= 1;
+                if *count == 0 {
+                    pins.remove(id);
+                }
+            } else {
+                debug_assert!(false, "segment {id} unpinned more often than pinned");
+            }
+        }
+    }
+
+    /// Segments that hold chunks of uncommitted puts now. Taken together with a snapshot of
+    /// the index (under its lock): a manifest is published and its pins released under the
+    /// index's write lock, so every chunk is either pinned or reachable from the snapshot.
+    pub fn pinned_segments(&self) -> BTreeSet<u64> {
+        self.stream_pins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect()
     }
 
     pub fn allocate_segment_id(&self) -> u64 {
@@ -335,6 +377,7 @@ impl Store {
             stats: EngineStats::default(),
             compaction: Mutex::new(()),
             seal_listener: Mutex::new(None),
+            stream_pins: Mutex::new(HashMap::new()),
         });
         let (tx, writer) = Writer::spawn(shared.clone(), recovered.active, recovered.seq_next)?;
         let mut store = Store {
@@ -379,6 +422,12 @@ impl Store {
         &self.instances().open_report
     }
 
+    /// Damaged records opening could not put into the catalog (left out, every other record
+    /// indexed; `Store::verify` finds the damage too).
+    pub fn unreadable_at_open(&self) -> &[crate::instances::UnreadableRecord] {
+        &self.instances().unreadable_at_open
+    }
+
     /// The catalog, when configured (see [`InstanceConfig::index_dir`]).
     pub fn catalog(&self) -> Option<&Catalog> {
         self.instances().catalog.as_deref()
@@ -400,17 +449,19 @@ impl Store {
     }
 
     /// Deletes an instance: tombstones for its object and its metadata record, and its
-    /// removal from the catalog. `None` if there was no such instance.
+    /// removal from the catalog. `None` if there was neither.
+    ///
+    /// Idempotent, so that a retry finishes half a delete: a crash between the two tombstones
+    /// leaves the object deleted and its metadata record (and so its catalog row) live, and
+    /// deleting again then removes what is left.
     pub fn delete_instance(&self, sop_instance_uid: &str) -> Result<Option<Committed>> {
         let key = sop_instance_uid.as_bytes();
-        let Some(object) = self.delete(Namespace::OBJECT, key)? else {
-            return Ok(None);
-        };
+        let object = self.delete(Namespace::OBJECT, key)?;
         let metadata = self.delete(Namespace::METADATA, key)?;
         if let (Some(catalog), Some(md)) = (self.catalog(), metadata) {
             catalog.remove(sop_instance_uid, md.seq, md.segment_id)?;
         }
-        Ok(Some(object))
+        Ok(object.or(metadata))
     }
 
     /// What opening found: torn tails cut, seals finished, corruption (never served).
@@ -530,12 +581,14 @@ impl Store {
                 body: Body::Lent(unsafe { LentBytes::new(bytes) }),
                 object_len: len,
                 reply: Reply::Commit(reply),
+                pins: None,
             };
             return send_and_wait_commit(&self.tx, append, rx);
         }
         let mut lent = LentChunks {
             outstanding: VecDeque::new(),
             chunks: Vec::new(),
+            pins: ChunkPins::new(self.shared.clone()),
         };
         for piece in bytes.chunks(config.put_buffer_bytes) {
             let (reply, rx) = mpsc::sync_channel(1);
@@ -548,6 +601,7 @@ impl Store {
                 body: Body::Lent(unsafe { LentBytes::new(piece) }),
                 object_len: 0,
                 reply: Reply::Chunk(reply),
+                pins: None,
             };
             self.tx
                 .send(Msg::Append(append))
@@ -561,6 +615,7 @@ impl Store {
             lent.wait_oldest()?;
         }
         let manifest = encode_manifest(len, &lent.chunks);
+        let pins = lent.pins.take();
         let (reply, rx) = mpsc::sync_channel(1);
         let append = Append {
             namespace,
@@ -569,6 +624,7 @@ impl Store {
             body: Body::Owned(manifest),
             object_len: len,
             reply: Reply::Commit(reply),
+            pins: Some(pins),
         };
         send_and_wait_commit(&self.tx, append, rx)
     }
@@ -588,6 +644,7 @@ impl Store {
             buf: Vec::new(),
             buf_capacity: self.shared.config.put_buffer_bytes,
             chunks: Vec::new(),
+            pins: ChunkPins::new(self.shared.clone()),
             len: 0,
             object_bytes_max: self.shared.config.object_bytes_max(),
         })
@@ -631,6 +688,7 @@ impl Store {
             body: Body::Owned(Vec::new()),
             object_len: 0,
             reply: Reply::Commit(reply),
+            pins: None,
         };
         send_and_wait_commit(&self.tx, append, rx).map(Some)
     }
@@ -710,10 +768,51 @@ impl Drop for Store {
 /// Chunks a caller's slice may have queued at the writer at once.
 const LENT_CHUNKS_IN_FLIGHT_MAX: usize = 2;
 
+/// The chunks an uncommitted put has placed, each pinning its segment against compaction.
+/// The writer pins a chunk's segment before it answers the chunk; this guard takes the pin
+/// over and releases it when dropped: by the flusher, under the index's write lock, right
+/// after the put's manifest is published (from then on the index reaches the chunks), or
+/// wherever an abandoned or refused put is dropped.
+pub(crate) struct ChunkPins {
+    shared: Arc<Shared>,
+    segment_ids: Vec<u64>,
+}
+
+impl ChunkPins {
+    fn new(shared: Arc<Shared>) -> Self {
+        ChunkPins {
+            shared,
+            segment_ids: Vec::new(),
+        }
+    }
+
+    /// Moves the pins out, leaving this guard empty.
+    fn take(&mut self) -> ChunkPins {
+        ChunkPins {
+            shared: self.shared.clone(),
+            segment_ids: std::mem::take(&mut self.segment_ids),
+        }
+    }
+
+    /// Takes over the pin the writer made for a chunk placed in `segment_id`.
+    fn hold(&mut self, segment_id: u64) {
+        self.segment_ids.push(segment_id);
+    }
+}
+
+impl Drop for ChunkPins {
+    fn drop(&mut self) {
+        if !self.segment_ids.is_empty() {
+            self.shared.unpin_segments(&self.segment_ids);
+        }
+    }
+}
+
 /// Chunks of a lent slice not yet answered by the writer.
 struct LentChunks {
     outstanding: VecDeque<mpsc::Receiver<(Result<ChunkRef>, Vec<u8>)>>,
     chunks: Vec<ChunkRef>,
+    pins: ChunkPins,
 }
 
 impl LentChunks {
@@ -722,7 +821,9 @@ impl LentChunks {
             return Ok(());
         };
         let (location, _) = rx.recv().map_err(|_| Error::Closed)?;
-        self.chunks.push(location?);
+        let location = location?;
+        self.pins.hold(location.segment_id);
+        self.chunks.push(location);
         Ok(())
     }
 }
@@ -731,7 +832,9 @@ impl Drop for LentChunks {
     fn drop(&mut self) {
         // The writer may still read the lent slice until it answers (or drops) each request.
         for rx in self.outstanding.drain(..) {
-            let _ = rx.recv();
+            if let Ok((Ok(location), _)) = rx.recv() {
+                self.pins.hold(location.segment_id);
+            }
         }
     }
 }
@@ -753,6 +856,9 @@ pub struct PutStream {
     buf: Vec<u8>,
     buf_capacity: usize,
     chunks: Vec<ChunkRef>,
+    /// Keeps the segments of `chunks` from being compacted away before the manifest is
+    /// published (or this put is dropped).
+    pins: ChunkPins,
     len: u64,
     object_bytes_max: u64,
 }
@@ -804,6 +910,7 @@ impl PutStream {
             body: Body::Owned(body),
             object_len: 0,
             reply: Reply::Chunk(reply),
+            pins: None,
         };
         self.tx
             .send(Msg::Append(append))
@@ -811,7 +918,9 @@ impl PutStream {
         let (location, mut returned) = rx.recv().map_err(|_| Error::Closed)?;
         returned.clear();
         self.buf = returned;
-        self.chunks.push(location?);
+        let location = location?;
+        self.pins.hold(location.segment_id);
+        self.chunks.push(location);
         Ok(())
     }
 
@@ -848,6 +957,7 @@ impl PutStream {
             body: Body::Owned(body),
             object_len: self.len,
             reply: Reply::CommitPlaced { placed, commit },
+            pins: Some(self.pins.take()),
         };
         self.tx
             .send(Msg::Append(append))

@@ -8,5 +8,6 @@ mod dicom_roundtrip;
 mod dicom_samples;
 mod faults;
 mod instances;
+mod loss_paths;
 mod model;
 mod verify;

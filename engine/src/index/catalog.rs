@@ -576,6 +576,13 @@ impl Catalog {
                     location,
                     seq,
                 } => {
+                    // Segments are indexed in id order, which is not write order after a
+                    // compaction (a copy lands in a newer segment than a later write of the
+                    // same instance): a version older than one indexed already, or than its
+                    // removal, is never added.
+                    if self.superseded(&attrs.sop_instance_uid, seq)? {
+                        continue;
+                    }
                     if let Some(old) = self.older_copy(&attrs.sop_instance_uid, seq, segment_id)? {
                         builder.remove(&Removal { seq, ..old })?;
                     }
@@ -585,13 +592,41 @@ impl Catalog {
                     sop_instance_uid,
                     seq,
                 } => {
-                    if let Some(old) = self.older_copy(&sop_instance_uid, seq, segment_id)? {
-                        builder.remove(&Removal { seq, ..old })?;
-                    }
+                    // Recorded even when no copy is indexed yet: one may be in a segment
+                    // indexed after this one (its study and series are then unknown here;
+                    // the copy is not added, see above).
+                    let removal = match self.older_copy(&sop_instance_uid, seq, segment_id)? {
+                        Some(old) => Removal { seq, ..old },
+                        None => Removal {
+                            sop_instance_uid,
+                            study_instance_uid: String::new(),
+                            series_instance_uid: String::new(),
+                            seq,
+                        },
+                    };
+                    builder.remove(&removal)?;
                 }
             }
         }
         self.add_run(builder, &[segment_id])
+    }
+
+    /// Whether version `seq` of an instance is older than a copy indexed already or than a
+    /// removal of it.
+    fn superseded(&self, sop: &str, seq: u64) -> Result<bool> {
+        let state = self.read();
+        if state.dead.is_dead(sop, seq) {
+            return Ok(true);
+        }
+        if state.mem.instances.get(sop).is_some_and(|m| m.seq > seq) {
+            return Ok(true);
+        }
+        for (_, run) in state.runs.iter().rev() {
+            if let Some(row) = run.find_instance(sop)? {
+                return Ok(row.seq > seq && !state.dead.is_dead(sop, row.seq));
+            }
+        }
+        Ok(false)
     }
 
     /// The newest copy of an instance older than `seq` in runs or in the in-memory part

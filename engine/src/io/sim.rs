@@ -35,7 +35,12 @@ impl DetRng {
 }
 
 enum PendingOp {
-    Write { offset: u64, bytes: Vec<u8> },
+    /// `durable`: written with `RWF_DSYNC`: this write (and only this one) survives a cut.
+    Write {
+        offset: u64,
+        bytes: Vec<u8>,
+        durable: bool,
+    },
     SetLen(u64),
 }
 
@@ -106,7 +111,12 @@ impl SimStorage {
             let mut image = std::mem::take(&mut inode.durable);
             for op in std::mem::take(&mut inode.pending) {
                 match op {
-                    PendingOp::Write { offset, bytes } => match rng.below(3) {
+                    PendingOp::Write {
+                        offset,
+                        bytes,
+                        durable: true,
+                    } => apply_write(&mut image, offset, &bytes),
+                    PendingOp::Write { offset, bytes, .. } => match rng.below(3) {
                         0 => {}
                         1 => apply_write(&mut image, offset, &bytes),
                         _ => {
@@ -285,8 +295,26 @@ impl StorageFile for SimFile {
         inode.pending.push(PendingOp::Write {
             offset,
             bytes: buf.to_vec(),
+            durable: false,
         });
         Ok(buf.len())
+    }
+
+    /// With `sync`, as `RWF_DSYNC`: this write alone becomes durable (earlier unsynced writes
+    /// of the file stay as they were), which is what the kernel promises and no more.
+    fn begin_write(&self, buf: super::AlignedBuf, offset: u64, sync: bool) -> super::PendingWrite {
+        let result = (|| {
+            self.check_alignment(buf.len(), offset)?;
+            let mut inode = self.live()?;
+            apply_write(&mut inode.current, offset, &buf);
+            inode.pending.push(PendingOp::Write {
+                offset,
+                bytes: buf.to_vec(),
+                durable: sync,
+            });
+            Ok(())
+        })();
+        super::PendingWrite::ready(buf, result)
     }
 
     fn sync_data(&self) -> io::Result<()> {

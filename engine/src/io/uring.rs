@@ -26,6 +26,11 @@ const WRITE_SQES_PER_BATCH_MAX: usize = 32;
 
 thread_local! {
     static RING: RefCell<Option<IoUring>> = const { RefCell::new(None) };
+    /// The next operation tag of this thread's ring (see [`user_data`]).
+    static NEXT_TAG: Cell<u64> = const { Cell::new(1) };
+    /// Completions reaped that belonged to no operation being waited for (never expected;
+    /// counted so a test can see that none was taken for another's).
+    static STALE_COMPLETIONS: Cell<u64> = const { Cell::new(0) };
     /// Set while a `begin_write` of this thread is in flight: its completions must not be
     /// reaped by anyone else, so other calls fall back to plain system calls meanwhile.
     static OUTSTANDING: Cell<bool> = const { Cell::new(false) };
@@ -44,12 +49,67 @@ fn with_ring<R>(f: impl FnOnce(&mut IoUring) -> io::Result<R>) -> io::Result<R> 
     })
 }
 
-fn submit_and_wait(ring: &mut IoUring, want: usize) -> io::Result<()> {
-    loop {
-        match ring.submit_and_wait(want) {
-            Ok(_) => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-            Err(e) => return Err(e),
+/// Piece indexes an operation's `user_data` has room for (a batch has fewer SQEs).
+const PIECE_BITS: u32 = 8;
+const _: () = assert!(WRITE_SQES_PER_BATCH_MAX < 1 << PIECE_BITS);
+
+/// A fresh tag for one operation (a batch, or a single SQE) of this thread's ring.
+fn new_tag() -> u64 {
+    NEXT_TAG.with(|next| {
+        let tag = next.get();
+        next.set(tag.wrapping_add(1) & (u64::MAX >> PIECE_BITS));
+        tag
+    })
+}
+
+/// The `user_data` of piece `index` of the operation tagged `tag`.
+fn user_data(tag: u64, index: usize) -> u64 {
+    (tag << PIECE_BITS) | index as u64
+}
+
+/// Completions reaped on this thread that belonged to no operation waited for.
+pub fn stale_completions() -> u64 {
+    STALE_COMPLETIONS.with(Cell::get)
+}
+
+/// Submits what is queued and reaps completions until `want` completions of the operation
+/// tagged `tag` were seen, handing each (piece index, result) to `seen`. A completion of any
+/// other operation is stale (counted, never taken for one of ours).
+///
+/// Returns only once every one of our SQEs has completed, so the caller's buffers outlive the
+/// kernel's use of them. A ring that fails in any other way than an interrupted or busy wait
+/// leaves the kernel possibly still using those buffers: the process is aborted rather than
+/// let them be freed under it.
+fn reap_tagged(
+    ring: &mut IoUring,
+    tag: u64,
+    mut want: usize,
+    seen: &mut dyn FnMut(usize, io::Result<usize>),
+) {
+    while want > 0 {
+        match ring.submit_and_wait(1) {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR) | Some(libc::EAGAIN) | Some(libc::EBUSY)
+                ) => {}
+            Err(e) => {
+                eprintln!("kuvasto: io_uring failed with operations in flight ({e}); aborting");
+                std::process::abort();
+            }
+        }
+        for cqe in ring.completion() {
+            let data = cqe.user_data();
+            if data >> PIECE_BITS == tag {
+                want -= 1;
+                seen(
+                    (data & ((1 << PIECE_BITS) - 1)) as usize,
+                    cqe_result(cqe.result()),
+                );
+            } else {
+                STALE_COMPLETIONS.with(|c| c.set(c.get() + 1));
+            }
         }
     }
 }
@@ -62,19 +122,20 @@ fn cqe_result(res: i32) -> io::Result<usize> {
     }
 }
 
-/// Pushes one SQE and waits for its completion. Only used when no batch is outstanding.
+/// Pushes one SQE and waits for its own completion (by tag: a stale completion is never taken
+/// for it). Only used when no batch is outstanding.
 fn run_one(entry: squeue::Entry) -> io::Result<usize> {
     with_ring(|ring| {
+        let tag = new_tag();
+        let entry = entry.user_data(user_data(tag, 0));
         // SAFETY: the buffers referenced by `entry` belong to the caller, who blocks here
-        // until the kernel reports completion below, so they outlive the operation.
+        // until the kernel reports its completion (reap_tagged returns only then), so they
+        // outlive the operation.
         unsafe { ring.submission().push(&entry) }
             .map_err(|_| io::Error::other("io_uring submission queue full"))?;
-        submit_and_wait(ring, 1)?;
-        let cqe = ring
-            .completion()
-            .next()
-            .ok_or_else(|| io::Error::other("io_uring completion missing"))?;
-        cqe_result(cqe.result())
+        let mut result = Err(io::Error::other("io_uring completion missing"));
+        reap_tagged(ring, tag, 1, &mut |_, r| result = r);
+        result
     })
 }
 
@@ -288,6 +349,7 @@ impl StorageFile for UringFile {
             .step_by(piece_bytes.max(1))
             .map(|start| (start, piece_bytes.min(buf.len() - start)))
             .collect();
+        let tag = new_tag();
         let submitted = with_ring(|ring| {
             let mut queued = 0usize;
             for (index, &(start, len)) in pieces.iter().enumerate() {
@@ -300,7 +362,7 @@ impl StorageFile for UringFile {
                 .offset(offset + start as u64)
                 .rw_flags(if sync { libc::RWF_DSYNC } else { 0 })
                 .build()
-                .user_data(index as u64);
+                .user_data(user_data(tag, index));
                 // SAFETY: `buf` moves into UringPending, whose wait (or Drop) blocks until
                 // every SQE pushed here has completed, so the memory outlives the kernel's use.
                 if unsafe { ring.submission().push(&entry) }.is_err() {
@@ -330,6 +392,7 @@ impl StorageFile for UringFile {
         PendingWrite {
             state: PendingState::Uring(UringPending {
                 buf: Some(buf),
+                tag,
                 fd,
                 offset,
                 pieces,
@@ -344,6 +407,8 @@ impl StorageFile for UringFile {
 /// An io_uring batch in flight on the current thread.
 pub(crate) struct UringPending {
     buf: Option<AlignedBuf>,
+    /// The tag of this batch's SQEs (their `user_data` carries it and the piece index).
+    tag: u64,
     /// The file's write descriptor (borrowed: the file outlives the wait).
     fd: i32,
     offset: u64,
@@ -358,29 +423,25 @@ impl UringPending {
     fn reap(&mut self) -> io::Result<()> {
         let mut written = vec![0usize; self.pieces.len()];
         let mut first_error: Option<io::Error> = self.submit_error.take();
-        let mut remaining = self.queued;
-        if remaining > 0 {
+        if self.queued > 0 {
             let reaped = with_ring(|ring| {
-                while remaining > 0 {
-                    submit_and_wait(ring, 1)?;
-                    for cqe in ring.completion() {
-                        remaining = remaining.saturating_sub(1);
-                        let result = cqe_result(cqe.result());
-                        if let Some(slot) = written.get_mut(cqe.user_data() as usize) {
-                            match result {
-                                Ok(n) => *slot = n,
-                                Err(e) => {
-                                    first_error.get_or_insert(e);
-                                }
-                            }
-                        }
+                reap_tagged(ring, self.tag, self.queued, &mut |index, result| match (
+                    written.get_mut(index),
+                    result,
+                ) {
+                    (Some(slot), Ok(n)) => *slot = n,
+                    (Some(_), Err(e)) => {
+                        first_error.get_or_insert(e);
                     }
-                }
+                    (None, _) => {
+                        first_error.get_or_insert(io::Error::other(format!(
+                            "io_uring completion for piece {index}, which this batch does not have"
+                        )));
+                    }
+                });
                 Ok(())
             });
             if let Err(e) = reaped {
-                // The ring itself failed: drop it so no stale SQE is ever submitted later.
-                RING.with(|cell| cell.borrow_mut().take());
                 first_error.get_or_insert(e);
             }
         }
@@ -435,5 +496,34 @@ impl Drop for UringPending {
             // The kernel may still be reading `buf`: never free it before completion.
             let _ = self.reap();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A completion left on the ring by another operation is never taken for the next one's:
+    /// a write waits for its own (the first completion used to be taken, whatever it was).
+    #[test]
+    fn a_stale_completion_is_not_taken_for_a_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = UringStorage::open(dir.path(), false).expect("open");
+        let file = storage.create("f").expect("create");
+        let stale_before = stale_completions();
+        with_ring(|ring| {
+            let nop = opcode::Nop::new().build().user_data(u64::MAX);
+            // SAFETY: a NOP references no memory.
+            unsafe { ring.submission().push(&nop) }.map_err(|_| io::Error::other("queue full"))?;
+            ring.submit_and_wait(1)?;
+            Ok(())
+        })
+        .expect("leave a completion on the ring");
+        let written = file.write_at(b"hello", 0).expect("write");
+        assert_eq!(written, 5, "the write's own completion, not the NOP's (0)");
+        assert_eq!(stale_completions(), stale_before + 1);
+        let mut back = [0u8; 5];
+        file.read_exact_at(&mut back, 0).expect("read");
+        assert_eq!(&back, b"hello");
     }
 }

@@ -57,6 +57,9 @@ pub struct CompactionReport {
     pub bytes_after: u64,
     pub objects_moved: u64,
     pub tombstones_moved: u64,
+    /// Segments that qualified (or were asked for) but hold chunks of puts still in flight;
+    /// left for a later compaction.
+    pub segments_in_use: Vec<u64>,
 }
 
 /// Bytes the writer buffers before writing (no fsync until the seal).
@@ -298,11 +301,14 @@ pub(crate) fn compact(
         .filter(|(_, s)| s.is_sealed())
         .map(|(id, s)| (*id, s.clone()))
         .collect();
-    let entries: Vec<(IndexKey, Entry)> = shared
-        .read_index()
-        .iter()
-        .map(|(k, e)| (k.clone(), *e))
-        .collect();
+    // The index and the pins in one moment (under the index lock, which a manifest's publish
+    // and the release of its chunks' pins share): every chunk of a put in flight is either
+    // reachable from this snapshot or in a pinned segment, which is left alone.
+    let (entries, pinned) = {
+        let index = shared.read_index();
+        let entries: Vec<(IndexKey, Entry)> = index.iter().map(|(k, e)| (k.clone(), *e)).collect();
+        (entries, shared.pinned_segments())
+    };
 
     // Live bytes per segment (the one computation `Store::space_report` shows), and which
     // segments each key's records lie in.
@@ -330,6 +336,11 @@ pub(crate) fn compact(
             .collect(),
     };
     let mut report = CompactionReport::default();
+    // Segments holding chunks of puts still in flight: those chunks are live though no index
+    // entry names them yet. They wait for the next compaction.
+    let (chosen, in_use): (BTreeSet<u64>, BTreeSet<u64>) =
+        chosen.into_iter().partition(|id| !pinned.contains(id));
+    report.segments_in_use = in_use.into_iter().collect();
     if chosen.is_empty() {
         return Ok(report);
     }
@@ -467,6 +478,12 @@ pub(crate) fn compact(
     report.segments_written = written.iter().map(|s| s.id).collect();
     report.bytes_after = written.iter().map(|s| s.file.len().unwrap_or(0)).sum();
 
+    // A store poisoned meanwhile (a failed write or sync) is in an unknown state: switch
+    // nothing. The copies are sealed and named; the next open takes them or their originals
+    // alike (a copy wins by generation).
+    if let Some(cause) = shared.poisoned() {
+        return Err(Error::Poisoned { cause });
+    }
     // The switch: new segments readable first, then keys moved, then old segments dropped.
     for segment in &written {
         shared.register_segment(segment.clone());
@@ -483,17 +500,21 @@ pub(crate) fn compact(
             segments.remove(id);
         }
     }
+    // From here a failure leaves the directory in an unknown state: poison the store, as the
+    // writer does, so nothing more is acknowledged until it is reopened.
     for id in &chosen {
         let name = segment_file_name(*id);
         shared
             .storage
             .remove(&name)
-            .map_err(|e| Error::io("remove", name.as_str(), e))?;
+            .map_err(|e| Error::io("remove", name.as_str(), e))
+            .inspect_err(|e| shared.poison(e))?;
     }
     shared
         .storage
         .sync_dir()
-        .map_err(|e| Error::io("fsync directory", "data directory", e))?;
+        .map_err(|e| Error::io("fsync directory", "data directory", e))
+        .inspect_err(|e| shared.poison(e))?;
     report.segments_removed = chosen.into_iter().collect();
     Ok(report)
 }

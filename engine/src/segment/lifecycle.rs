@@ -102,8 +102,8 @@ pub fn pad_to_page(
 }
 
 /// Seals a segment whose records end (page-aligned) at `records_end`: cuts the preallocated
-/// tail, writes the directory record and the trailer, and makes it all durable. After this the
-/// file never changes again.
+/// tail, writes the directory record and the trailer, and makes the whole file durable (every
+/// record before the footer too). After this the file never changes again.
 pub fn seal_segment(
     file: &dyn StorageFile,
     segment_id: u64,
@@ -145,6 +145,13 @@ pub fn seal_segment(
     // as an unsealed segment and is sealed again on the next open.
     file.set_len(final_len)
         .map_err(|e| Error::io("truncate", file.name(), e))?;
-    write_durable(file, buf, records_end)?;
+    let (_, result) = file.begin_write(buf, records_end, false).wait();
+    result.map_err(|e| Error::io("write", file.name(), e))?;
+    // One fdatasync of the whole file, not an `RWF_DSYNC` write of the footer: records
+    // written plainly before the seal (chunks of a stream that continues in the next segment,
+    // every record of a compaction output) may still be in the page cache (`direct_io`
+    // off) or the device's volatile cache, and a range-synced footer would not cover them.
+    file.sync_data()
+        .map_err(|e| Error::io("fdatasync", file.name(), e))?;
     Ok(final_len)
 }

@@ -122,6 +122,29 @@ pub fn sealed_directory(segment: &super::reader::SegmentHandle) -> Result<Vec<Di
         .map_err(|reason| Error::corruption(segment.id, trailer.directory_offset, reason))
 }
 
+/// The findable records of a sealed segment: its directory, or, when the directory cannot be
+/// trusted, a scan of its records (as opening does; the damage was reported then).
+pub fn sealed_entries(segment: &super::reader::SegmentHandle) -> Result<Vec<DirEntry>> {
+    match sealed_directory(segment) {
+        Ok(entries) => Ok(entries),
+        Err(Error::Corruption { .. }) => {
+            let map = segment.sealed_bytes().ok_or_else(|| {
+                Error::InvalidArgument(format!("segment {} is not sealed", segment.id))
+            })?;
+            let len = map.len() as u64;
+            let end = match len
+                .checked_sub(TRAILER_BYTES)
+                .map(|at| Trailer::decode(&map[at as usize..], segment.id, len))
+            {
+                Some(Ok(Some(trailer))) => trailer.records_end,
+                _ => len,
+            };
+            Ok(entries_of(&scan_records(map, segment.id, end).records))
+        }
+        Err(other) => Err(other),
+    }
+}
+
 pub(crate) fn recover(storage: &dyn Storage, segment_size_bytes_max: u64) -> Result<Recovered> {
     let mut report = RecoveryReport::default();
     let names = storage

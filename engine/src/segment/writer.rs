@@ -38,7 +38,7 @@ use super::reader::SegmentHandle;
 use crate::error::{Error, Result};
 use crate::index::Entry;
 use crate::io::AlignedBuf;
-use crate::store::{Committed, Shared};
+use crate::store::{ChunkPins, Committed, Shared};
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
@@ -122,6 +122,8 @@ pub(crate) struct Append {
     pub body: Body,
     pub object_len: u64,
     pub reply: Reply,
+    /// A manifest's chunk pins, released once it is published (or refused).
+    pub pins: Option<ChunkPins>,
 }
 
 pub(crate) enum Msg {
@@ -136,6 +138,7 @@ struct PendingCommit {
     key: Vec<u8>,
     entry: Entry,
     reply: SyncSender<Result<Committed>>,
+    pins: Option<ChunkPins>,
 }
 
 struct Batch {
@@ -539,7 +542,15 @@ impl Writer {
                     offset,
                     len: append.body.len() as u64,
                 };
-                let _ = reply.send((Ok(location), append.body.into_reusable()));
+                // Pinned before the put learns of it, and so before this segment can be
+                // sealed and picked by compaction; the put's `ChunkPins` takes the pin over.
+                self.shared.pin_segment(active.segment.id);
+                if reply
+                    .send((Ok(location), append.body.into_reusable()))
+                    .is_err()
+                {
+                    self.shared.unpin_segments(&[active.segment.id]);
+                }
                 return;
             }
             Reply::Commit(reply) => reply,
@@ -576,6 +587,7 @@ impl Writer {
             key: append.key,
             entry,
             reply,
+            pins: append.pins,
         });
     }
 
@@ -654,7 +666,7 @@ fn flusher_loop(
             segment,
             buf,
             offset,
-            commits,
+            mut commits,
             mode,
         } = batch;
         assert_eq!(offset % PAGE_BYTES, 0, "batches start page-aligned");
@@ -719,8 +731,10 @@ fn flusher_loop(
                     .record_batch(bytes, mode != WriteMode::Plain, commits.len());
                 {
                     let mut index = shared.write_index();
-                    for c in &commits {
+                    for c in &mut commits {
                         index.apply(c.namespace, &c.key, c.entry);
+                        // Under the index lock: compaction sees the manifest or the pins.
+                        drop(c.pins.take());
                     }
                 }
                 for c in commits {
