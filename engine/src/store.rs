@@ -10,11 +10,12 @@ use crate::io::Storage;
 use crate::segment::compaction::{self, CompactOptions, CompactionReport};
 use crate::segment::format::{
     encode_manifest, ChunkRef, Namespace, RecordKind, BATCH_BYTES_LIMIT, KEY_BYTES_MAX,
-    MANIFEST_FIXED_BYTES, PAGE_BYTES,
+    MANIFEST_FIXED_BYTES, PAGE_BYTES, TORN_WINDOW_BYTES, UNSYNCED_BYTES_MAX,
 };
 use crate::segment::reader::{Object, SegmentHandle};
 use crate::segment::recovery::{recover, RecoveryReport};
 use crate::segment::space::{self, SpaceReport};
+use crate::segment::store_file::StoreFile;
 use crate::segment::writer::{Append, Body, LentBytes, Msg, Reply, Writer, FLUSHERS_MAX};
 use crate::verify::{RepairReport, VerifyProgress, VerifyReport};
 use std::collections::VecDeque;
@@ -73,6 +74,20 @@ impl StoreConfig {
             0,
         )
         .record_len()
+    }
+
+    /// Bytes one batch buffer holds: the configured batch plus room for one record and
+    /// padding.
+    pub fn batch_capacity_bytes(&self) -> u64 {
+        self.batch_bytes_max as u64 + self.record_bytes_max() + 2 * PAGE_BYTES
+    }
+
+    /// How far past a segment's durable end the writer may have bytes in flight: the plain
+    /// bytes allowed before a durable point plus every flusher's batch. The writer waits
+    /// rather than exceed it; recovery takes damage followed by valid records further than
+    /// this for corruption, not a torn tail (`docs/format.md` section 8).
+    pub fn torn_window_bytes(&self) -> u64 {
+        UNSYNCED_BYTES_MAX + self.flushers as u64 * self.batch_capacity_bytes()
     }
 
     /// The largest object a streaming put accepts: its manifest must fit one record body.
@@ -196,7 +211,12 @@ pub(crate) struct Shared {
     /// chunks have no index entry until their manifest is published, so the index alone
     /// would call them garbage: compaction leaves pinned segments alone (see [`ChunkPins`]).
     stream_pins: Mutex<HashMap<u64, usize>>,
+    /// Segment ids below this are reserved in `store.kvm` (see `allocate_segment_id`).
+    segment_id_floor: Mutex<u64>,
 }
+
+/// Segment ids reserved in `store.kvm` at a time (one durable write per this many segments).
+const SEGMENT_IDS_RESERVED: u64 = 64;
 
 impl Shared {
     pub fn poison(&self, error: &Error) {
@@ -268,8 +288,25 @@ impl Shared {
             .collect()
     }
 
-    pub fn allocate_segment_id(&self) -> u64 {
-        self.next_segment_id.fetch_add(1, Ordering::Relaxed)
+    /// A segment id never handed out before, in this run or any earlier one: ids are reserved
+    /// in blocks in `store.kvm` (durably) before they are used.
+    pub fn allocate_segment_id(&self) -> Result<u64> {
+        let id = self.next_segment_id.fetch_add(1, Ordering::Relaxed);
+        let mut floor = self
+            .segment_id_floor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if id >= *floor {
+            let reserved = id + 1 + SEGMENT_IDS_RESERVED;
+            StoreFile {
+                torn_window_bytes: self.config.torn_window_bytes(),
+                segment_id_floor: reserved,
+            }
+            .write(self.storage.as_ref())
+            .inspect_err(|e| self.poison(e))?;
+            *floor = reserved;
+        }
+        Ok(id)
     }
 
     pub fn register_segment(&self, segment: Arc<SegmentHandle>) {
@@ -362,7 +399,32 @@ impl Store {
     /// Opens the store on any [`Storage`] (tests pass simulated or faulty ones).
     pub fn open_with(storage: Arc<dyn Storage>, config: StoreConfig) -> Result<Store> {
         config.validate()?;
-        let recovered = recover(storage.as_ref(), config.segment_size_bytes_max)?;
+        // The previous run's torn window and id floor. Without the file (a store older than
+        // it) or with a damaged one, the compile-time maximum window: a torn tail is then
+        // never taken for corruption, as before the file existed.
+        let previous = StoreFile::read(storage.as_ref())?;
+        let (torn_window_bytes, segment_id_floor) = match &previous {
+            Ok(Some(file)) => (
+                file.torn_window_bytes.min(TORN_WINDOW_BYTES),
+                file.segment_id_floor,
+            ),
+            Ok(None) | Err(_) => (TORN_WINDOW_BYTES, 0),
+        };
+        let mut recovered = recover(
+            storage.as_ref(),
+            config.segment_size_bytes_max,
+            torn_window_bytes,
+        )?;
+        recovered.report.store_file_problem = previous.err();
+        recovered.report.torn_window_bytes = torn_window_bytes;
+        let next_segment_id = recovered.next_segment_id.max(segment_id_floor);
+        // This run's window, before anything is appended (recovery is done with the old one).
+        let floor = next_segment_id + SEGMENT_IDS_RESERVED;
+        StoreFile {
+            torn_window_bytes: config.torn_window_bytes(),
+            segment_id_floor: floor,
+        }
+        .write(storage.as_ref())?;
         let mut segments = BTreeMap::new();
         for s in recovered.segments {
             segments.insert(s.id, s);
@@ -373,11 +435,12 @@ impl Store {
             index: RwLock::new(recovered.index),
             segments: RwLock::new(segments),
             poison: OnceLock::new(),
-            next_segment_id: AtomicU64::new(recovered.next_segment_id),
+            next_segment_id: AtomicU64::new(next_segment_id),
             stats: EngineStats::default(),
             compaction: Mutex::new(()),
             seal_listener: Mutex::new(None),
             stream_pins: Mutex::new(HashMap::new()),
+            segment_id_floor: Mutex::new(floor),
         });
         let (tx, writer) = Writer::spawn(shared.clone(), recovered.active, recovered.seq_next)?;
         let mut store = Store {

@@ -26,8 +26,28 @@ pub fn open_store(config: &Config) -> anyhow::Result<Store> {
         sealed_now = report.sealed_now.len(),
         "store open"
     );
+    for (segment, offset) in &report.torn_tails {
+        tracing::warn!(
+            segment,
+            offset,
+            torn_window_bytes = report.torn_window_bytes,
+            "torn tail cut at open: bytes from this offset were written but never acknowledged (a crash or power cut)"
+        );
+    }
+    if let Some(problem) = &report.store_file_problem {
+        tracing::warn!(%problem, "store.kvm unreadable; recovery used the largest torn window");
+    }
     for damage in &report.corruption {
         tracing::error!(%damage, "corruption found at open; affected objects are not served");
+    }
+    for record in store.unreadable_at_open() {
+        tracing::error!(
+            segment = record.segment_id,
+            offset = record.offset,
+            key = %record.key,
+            reason = %record.reason,
+            "damaged metadata record found at open; the instance is left out of the catalog"
+        );
     }
     Ok(store)
 }

@@ -379,3 +379,130 @@ fn half_a_delete_is_finished() {
         .expect("get")
         .is_none());
 }
+
+/// Item 4: one flipped byte in the unsealed segment, far more acknowledged bytes after it than
+/// the writer can have in flight: corruption (reported, the damaged record set aside, every
+/// other record kept), not a torn tail that cuts acknowledged objects away.
+#[test]
+fn damage_before_acknowledged_records_is_corruption_not_a_torn_tail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = StoreConfig {
+        segment_size_bytes_max: 256 << 20,
+        ..StoreConfig::default()
+    };
+    let store = Store::open(dir.path(), config.clone()).expect("open");
+    let object_bytes = 500_000;
+    let mut places = Vec::new();
+    for i in 0..200u64 {
+        let c = store
+            .put(NS, format!("ct-{i}").as_bytes(), &content(i, object_bytes))
+            .expect("put");
+        places.push(c);
+    }
+    // Deletes after the damage must stay deleted too.
+    for i in 190..200u64 {
+        store
+            .delete(NS, format!("ct-{i}").as_bytes())
+            .expect("delete");
+    }
+    let window = config.torn_window_bytes();
+    drop(store);
+    assert!(
+        places.iter().all(|c| c.segment_id == 1),
+        "all in the active segment"
+    );
+    // A byte in the body of the record at about 20 MB.
+    let victim = places
+        .iter()
+        .position(|c| c.offset > 20 << 20)
+        .expect("a record past 20 MB");
+    let at = places[victim].offset + 1000;
+    assert!(
+        places[199].offset > at + window,
+        "records beyond the window"
+    );
+    let path = dir.path().join("seg-0000000000000001.kvs");
+    let mut bytes = std::fs::read(&path).expect("read segment");
+    bytes[at as usize] ^= 0x01;
+    std::fs::write(&path, &bytes).expect("write segment");
+
+    let store = Store::open(dir.path(), config).expect("reopen");
+    let report = store.recovery_report();
+    assert_eq!(report.torn_tails, vec![], "{report:?}");
+    assert_eq!(report.corruption.len(), 1, "{report:?}");
+    assert_eq!(report.corruption[0].offset, places[victim].offset);
+    for i in 0..200u64 {
+        let got = store.get(NS, format!("ct-{i}").as_bytes()).expect("get");
+        match i {
+            190..=199 => assert!(got.is_none(), "ct-{i} was deleted"),
+            _ if i as usize == victim => assert!(got.is_none(), "the damaged record is not served"),
+            _ => {
+                let got = got.unwrap_or_else(|| panic!("acknowledged ct-{i} lost"));
+                assert_eq!(got.read_all().expect("read"), content(i, object_bytes));
+            }
+        }
+    }
+}
+
+/// Item 9: a segment id is never handed out twice, even when the newest segment file was
+/// removed by compaction (with nothing to copy) before a restart.
+#[test]
+fn segment_ids_are_never_reused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), small(true)).expect("open");
+    let fill = |store: &Store, tag: &str| {
+        for i in 0..40u64 {
+            store
+                .put(NS, format!("{tag}-{i}").as_bytes(), &content(i, 15_000))
+                .expect("fill");
+        }
+    };
+    store.put(NS, b"a", &content(1, 4000)).expect("put a");
+    fill(&store, "one"); // seals segment 1
+    let all = CompactOptions {
+        garbage_ratio_min: 0.0,
+        ..CompactOptions::default()
+    };
+    let first = store
+        .compact(&CompactOptions {
+            segments: Some(vec![1]),
+            ..all.clone()
+        })
+        .expect("compact segment 1");
+    let copy = *first.segments_written.last().expect("a copy was written");
+    // Everything in the copy is overwritten: compacting it writes nothing and removes the
+    // newest segment file.
+    store.put(NS, b"a", &content(2, 4000)).expect("overwrite a");
+    for i in 0..40u64 {
+        store
+            .delete(NS, format!("one-{i}").as_bytes())
+            .expect("delete");
+    }
+    let copies: Vec<u64> = first.segments_written.clone();
+    drop(store);
+    let store = Store::open(dir.path(), small(true)).expect("reopen");
+    let second = store
+        .compact(&CompactOptions {
+            segments: Some(copies.clone()),
+            ..all
+        })
+        .expect("compact the copies");
+    assert!(second.segments_removed.contains(&copy), "{second:?}");
+    let highest_used = second
+        .segments_written
+        .iter()
+        .chain(&copies)
+        .copied()
+        .max()
+        .unwrap_or(copy);
+    drop(store);
+    let store = Store::open(dir.path(), small(true)).expect("reopen again");
+    fill(&store, "two"); // new segments
+    let ids = sealed_segment_ids(dir.path());
+    let new: Vec<u64> = ids.into_iter().filter(|id| *id > 2).collect();
+    assert!(
+        new.iter()
+            .all(|id| *id > highest_used || second.segments_written.contains(id)),
+        "ids {new:?} reuse one up to {highest_used}"
+    );
+}

@@ -79,7 +79,7 @@ struct Output<'a> {
 
 impl<'a> Output<'a> {
     fn create(shared: &'a Shared) -> Result<Self> {
-        let id = shared.allocate_segment_id();
+        let id = shared.allocate_segment_id()?;
         let size = shared.config.segment_size_bytes_max;
         let file = create_segment(
             shared.storage.as_ref(),

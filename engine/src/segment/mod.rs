@@ -8,4 +8,5 @@ pub mod reader;
 pub mod recovery;
 pub mod scan;
 pub mod space;
+pub mod store_file;
 pub(crate) mod writer;

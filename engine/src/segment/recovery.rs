@@ -4,7 +4,7 @@
 //!   checksummed); their records are not scanned. A damaged directory is rebuilt by a salvage
 //!   scan, and every damaged place is reported.
 //! - Unsealed segments are scanned record by record. Damage followed by valid records no
-//!   further than [`TORN_WINDOW_BYTES`] is a torn tail (bytes no completed `fdatasync` covered
+//!   further than the torn window of the run that wrote them is a torn tail (bytes no completed `fdatasync` covered
 //!   at the crash, so never acknowledged): it is cut, and the segment continues after a padding record. Valid records
 //!   further beyond damage mean the damage is not a torn write: it is reported as corruption
 //!   and the segment is sealed with every valid record kept.
@@ -12,7 +12,7 @@
 
 use super::format::{
     decode_directory, parse_segment_file_name, DirEntry, RecordKind, SegmentHeader, Trailer,
-    FORMAT_VERSION, PAGE_BYTES, SEGMENT_HEADER_BYTES, TORN_WINDOW_BYTES, TRAILER_BYTES,
+    FORMAT_VERSION, PAGE_BYTES, SEGMENT_HEADER_BYTES, TRAILER_BYTES,
 };
 use super::lifecycle::{open_mapped, pad_to_page, seal_segment};
 use super::reader::SegmentHandle;
@@ -60,6 +60,11 @@ pub struct RecoveryReport {
     pub incomplete_removed: Vec<String>,
     /// Damage that is not a torn tail. Never served; an operator must look.
     pub corruption: Vec<CorruptionFound>,
+    /// The torn window recovery judged by: the one the previous run wrote with
+    /// (`store.kvm`), or the compile-time maximum without that file.
+    pub torn_window_bytes: u64,
+    /// `store.kvm` was there but damaged (the compile-time window was used).
+    pub store_file_problem: Option<String>,
 }
 
 pub(crate) struct Recovered {
@@ -145,7 +150,13 @@ pub fn sealed_entries(segment: &super::reader::SegmentHandle) -> Result<Vec<DirE
     }
 }
 
-pub(crate) fn recover(storage: &dyn Storage, segment_size_bytes_max: u64) -> Result<Recovered> {
+/// Opens every segment in `storage`; `torn_window_bytes` is the window the run that wrote
+/// the unsealed segments had (see [`crate::segment::store_file`]).
+pub(crate) fn recover(
+    storage: &dyn Storage,
+    segment_size_bytes_max: u64,
+    torn_window_bytes: u64,
+) -> Result<Recovered> {
     let mut report = RecoveryReport::default();
     let names = storage
         .list()
@@ -258,7 +269,7 @@ pub(crate) fn recover(storage: &dyn Storage, segment_size_bytes_max: u64) -> Res
                 let mut valid_end = scan.valid_end;
                 if let Some(first) = scan.damage.first() {
                     let damage_start = first.offset;
-                    let beyond = damage_start + TORN_WINDOW_BYTES;
+                    let beyond = damage_start + torn_window_bytes;
                     let far = records.iter().any(|r| r.header.offset >= beyond)
                         || scan.damage.iter().any(|d| d.offset >= beyond);
                     if far || scan.directory_at.is_some() {

@@ -267,9 +267,7 @@ impl FlushOrder {
 
 /// Capacity of a batch buffer: the configured batch plus room for one record and padding.
 fn batch_capacity(shared: &Shared) -> usize {
-    shared.config.batch_bytes_max
-        + shared.config.record_bytes_max() as usize
-        + 2 * PAGE_BYTES as usize
+    shared.config.batch_capacity_bytes() as usize
 }
 
 impl Writer {
@@ -409,10 +407,36 @@ impl Writer {
         self.wait_flushers(Self::all_idle);
     }
 
+    /// Waits (taking idle notices, keeping appends for later) until a batch ending at
+    /// `batch_end` lies within the torn window of the active segment's durable end, or every
+    /// flusher is idle (then the window holds anyway: at most the unsynced plain bytes and
+    /// this batch lie past the durable end). So at a crash no byte further than the window
+    /// past the durable end was ever written, which is what recovery relies on.
+    fn wait_within_torn_window(&mut self, batch_end: u64) {
+        let window = self.shared.config.torn_window_bytes();
+        while let Some(active) = &self.active {
+            if batch_end.saturating_sub(active.segment.durable_end()) <= window || self.all_idle() {
+                return;
+            }
+            match self.rx.recv() {
+                Ok(Msg::FlusherIdle(n, buf)) => {
+                    self.idle.push(n);
+                    self.free.push(buf);
+                }
+                Ok(other) => self.deferred.push_back(other),
+                Err(_) => return,
+            }
+        }
+    }
+
     /// Hands the current batch to an idle flusher (one must be idle).
     fn dispatch(&mut self) {
         if self.batch.is_empty() {
             return;
+        }
+        if let Some(active) = &self.active {
+            let batch_end = active.batch_offset + self.batch.len() as u64 + PAGE_BYTES;
+            self.wait_within_torn_window(batch_end);
         }
         let Some(flusher) = self.idle.pop() else {
             panic!("dispatch without an idle flusher");
@@ -616,7 +640,7 @@ impl Writer {
             active.segment.set_sealed(map);
             self.shared.notify_sealed(active.segment.id);
         }
-        let id = self.shared.allocate_segment_id();
+        let id = self.shared.allocate_segment_id()?;
         let size = self.shared.config.segment_size_bytes_max;
         let name = segment_file_name(id);
         let file = create_segment(self.shared.storage.as_ref(), &name, id, size, 0)?;
