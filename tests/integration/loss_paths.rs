@@ -406,6 +406,8 @@ fn damage_before_acknowledged_records_is_corruption_not_a_torn_tail() {
             .expect("delete");
     }
     let window = config.torn_window_bytes();
+    // The figure docs/format.md gives for the defaults.
+    assert_eq!(StoreConfig::default().torn_window_bytes(), 58_757_888);
     drop(store);
     assert!(
         places.iter().all(|c| c.segment_id == 1),
