@@ -410,11 +410,25 @@ impl Store {
             ),
             Ok(None) | Err(_) => (TORN_WINDOW_BYTES, 0),
         };
-        let mut recovered = recover(
-            storage.as_ref(),
-            config.segment_size_bytes_max,
-            torn_window_bytes,
-        )?;
+        // Recovery reads mapped segments: a page the device cannot deliver reads as zeros
+        // (its records then fail their checks and are reported), and is reported itself.
+        let (recovered, media_fault) = crate::io::media::guarded_keeping(|| {
+            recover(
+                storage.as_ref(),
+                config.segment_size_bytes_max,
+                torn_window_bytes,
+            )
+        });
+        let mut recovered = recovered?;
+        if let Some(address) = media_fault {
+            recovered.report.corruption.push(crate::segment::recovery::CorruptionFound {
+                segment_id: 0,
+                offset: 0,
+                reason: format!(
+                    "media error while opening: the device could not deliver the page at address {address:#x} (SIGBUS); the records on it fail their checks"
+                ),
+            });
+        }
         recovered.report.store_file_problem = previous.err();
         recovered.report.torn_window_bytes = torn_window_bytes;
         let next_segment_id = recovered.next_segment_id.max(segment_id_floor);

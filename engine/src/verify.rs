@@ -512,7 +512,21 @@ impl Scrub<'_> {
 
     fn segment(&mut self, segment: &SegmentHandle, end: u64) {
         match segment.sealed_bytes() {
-            Some(map) => self.sealed(segment, map),
+            Some(map) => {
+                // A page the device cannot deliver reads as zeros from then on (so its
+                // records fail their checks) and is named here as what it is.
+                if let Err(address) = crate::io::media::guarded(|| self.sealed(segment, map)) {
+                    let offset = (address - map.as_ptr() as usize) as u64 / 4096 * 4096;
+                    self.damage(
+                        segment,
+                        offset,
+                        None,
+                        None,
+                        format!("media error: the device could not deliver the page at offset {offset} (SIGBUS)"),
+                        Vec::new(),
+                    );
+                }
+            }
             None => self.unsealed(segment, end),
         }
     }

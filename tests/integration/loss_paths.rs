@@ -508,3 +508,53 @@ fn segment_ids_are_never_reused() {
         "ids {new:?} reuse one up to {highest_used}"
     );
 }
+
+/// Item 8: a page of a sealed segment the device cannot deliver (here: the file cut short
+/// under the store's mapping, which faults like a media error) is an error for the read that
+/// met it and a finding of `verify`, not a SIGBUS that kills the process.
+#[test]
+fn a_media_error_under_a_mapping_is_an_error_not_a_crash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), small(true)).expect("open");
+    for i in 0..40u64 {
+        store
+            .put(NS, format!("m-{i}").as_bytes(), &content(i, 15_000))
+            .expect("put");
+    }
+    let victim = store.get(NS, b"m-30").expect("get").expect("present");
+    let (segment, offset) = (victim.segment_id, victim.offset);
+    drop(victim);
+    let first = store.get(NS, b"m-0").expect("get").expect("present");
+    assert_eq!(first.segment_id, 1);
+    drop(first);
+    // Segment 1 is sealed and mapped; cut its file short from outside, below m-30's record.
+    let path = dir.path().join(format!("seg-{segment:016x}.kvs"));
+    assert_eq!(segment, 1, "m-30 is in the first (sealed) segment");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open segment")
+        .set_len(offset / 4096 * 4096)
+        .expect("cut");
+    let read = store
+        .get(NS, b"m-30")
+        .and_then(|o| o.expect("still indexed").read_all());
+    match read {
+        Err(kuvasto_engine::Error::Corruption { reason, .. }) => {
+            assert!(reason.contains("media error"), "{reason}")
+        }
+        other => panic!("a media error was expected, got {other:?}"),
+    }
+    // Objects before the cut still read back.
+    let early = store.get(NS, b"m-0").expect("get").expect("present");
+    assert_eq!(early.read_all().expect("read"), content(0, 15_000));
+    let report = store.verify(&mut |_| {}).expect("verify");
+    assert!(
+        report
+            .segment_damage
+            .iter()
+            .any(|d| d.segment_id == 1 && d.what.contains("media error")),
+        "{:?}",
+        report.segment_damage
+    );
+}

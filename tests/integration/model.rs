@@ -1,5 +1,6 @@
 //! Property test: random sequences of put / get / delete / abandon / compact / reopen /
-//! crash-at-a-random-byte against an in-memory model, on the simulated disk.
+//! crash-at-a-random-byte, streams that span a compaction, and rounds of concurrent puts and
+//! streams racing a compaction, against an in-memory model, on the simulated disk.
 //!
 //! The model keeps, per key, every value the store may legitimately hold: exactly one after an
 //! acknowledged write; after a write that failed (the disk "died" mid-way, so the outcome is
@@ -17,6 +18,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 const NS: Namespace = Namespace::OBJECT;
+/// Bytes written only to fill segments; the model does not track them.
+const FILLER: Namespace = Namespace::INTERNAL;
 const KEYS: u8 = 6;
 
 #[derive(Debug, Clone)]
@@ -37,6 +40,18 @@ enum Op {
         len: usize,
     },
     Compact,
+    /// A streaming put that writes half, lets a compaction of every sealed segment run, then
+    /// finishes: its chunks in sealed segments must survive the compaction.
+    StreamAcrossCompaction {
+        key: u8,
+        len: usize,
+        seed: u64,
+    },
+    /// Puts and streams to distinct keys on their own threads while another compacts.
+    Concurrent {
+        first_key: u8,
+        writes: Vec<(usize, u64, bool)>,
+    },
     /// Clean close and reopen; the next epoch dies after `crash_after_bytes` if set.
     Reopen {
         crash_after_bytes: Option<u64>,
@@ -60,6 +75,9 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         2 => (0..KEYS).prop_map(|key| Op::Get { key }),
         1 => (0..KEYS, len_strategy()).prop_map(|(key, len)| Op::Abandon { key, len }),
         1 => Just(Op::Compact),
+        1 => (0..KEYS, 20_000usize..90_000, any::<u64>()).prop_map(|(key, len, seed)| Op::StreamAcrossCompaction { key, len, seed }),
+        1 => (0..KEYS, proptest::collection::vec((len_strategy(), any::<u64>(), any::<bool>()), 2..=4))
+            .prop_map(|(first_key, writes)| Op::Concurrent { first_key, writes }),
         1 => budget.clone().prop_map(|crash_after_bytes| Op::Reopen { crash_after_bytes }),
         1 => (any::<u64>(), budget).prop_map(|(seed, crash_after_bytes)| Op::Crash { seed, crash_after_bytes }),
     ]
@@ -159,6 +177,27 @@ impl Harness {
         }
     }
 
+    /// Compacts every sealed segment at least `garbage_ratio_min` garbage.
+    fn compact(&self, garbage_ratio_min: f64) {
+        let result = self.store().compact(&CompactOptions {
+            segments: None,
+            garbage_ratio_min,
+            ..CompactOptions::default()
+        });
+        self.compaction_outcome(result);
+    }
+
+    /// A compaction may fail only when the simulated disk died or an earlier failure
+    /// poisoned the store; never on a working one.
+    fn compaction_outcome(&self, result: kuvasto_engine::Result<kuvasto_engine::CompactionReport>) {
+        if let Err(e) = result {
+            assert!(
+                self.disk_dead() || self.store().poisoned().is_some(),
+                "compaction failed on a working disk: {e}"
+            );
+        }
+    }
+
     fn apply(&mut self, op: Op) {
         match op {
             Op::Put { key, len, seed } => {
@@ -181,12 +220,73 @@ impl Harness {
                     drop(stream);
                 }
             }
-            Op::Compact => {
-                let _ = self.store().compact(&CompactOptions {
-                    segments: None,
-                    garbage_ratio_min: 0.2,
-                    ..CompactOptions::default()
-                });
+            Op::Compact => self.compact(0.2),
+            Op::StreamAcrossCompaction { key, len, seed } => {
+                let value = content(seed, len);
+                let acked = match self.store().put_stream(NS, &[key]) {
+                    Ok(mut stream) => {
+                        let half = len / 2;
+                        let first = stream.write(&value[..half]);
+                        // Seal the segment holding the first chunks (filler in a namespace the
+                        // model does not look at), so that compaction could pick it.
+                        for i in 0..40u8 {
+                            let _ = self
+                                .store()
+                                .put(FILLER, &[i], &content(u64::from(i), 15_000));
+                        }
+                        self.compact(0.0);
+                        first
+                            .and_then(|()| stream.write(&value[half..]))
+                            .and_then(|()| stream.finish())
+                            .is_ok()
+                    }
+                    Err(_) => false,
+                };
+                self.settle(key, Some(value), acked);
+            }
+            Op::Concurrent { first_key, writes } => {
+                let store = self.store();
+                let (outcomes, compacted): (Vec<(u8, Vec<u8>, bool)>, _) =
+                    std::thread::scope(|scope| {
+                        let compactor = scope.spawn(|| {
+                            store.compact(&CompactOptions {
+                                garbage_ratio_min: 0.0,
+                                ..CompactOptions::default()
+                            })
+                        });
+                        let writers: Vec<_> = writes
+                            .iter()
+                            .enumerate()
+                            .map(|(i, &(len, seed, streamed))| {
+                                let key = (first_key + i as u8) % KEYS;
+                                scope.spawn(move || {
+                                    let value = content(seed, len);
+                                    let acked = if streamed {
+                                        store.put_stream(NS, &[key]).is_ok_and(|mut stream| {
+                                            value
+                                                .chunks(7_000)
+                                                .try_for_each(|piece| stream.write(piece))
+                                                .and_then(|()| stream.finish())
+                                                .is_ok()
+                                        })
+                                    } else {
+                                        store.put(NS, &[key], &value).is_ok()
+                                    };
+                                    (key, value, acked)
+                                })
+                            })
+                            .collect();
+                        let outcomes = writers
+                            .into_iter()
+                            .map(|w| w.join().expect("writer thread"))
+                            .collect();
+                        let compacted = compactor.join().expect("compactor thread");
+                        (outcomes, compacted)
+                    });
+                self.compaction_outcome(compacted);
+                for (key, value, acked) in outcomes {
+                    self.settle(key, Some(value), acked);
+                }
             }
             Op::Reopen { crash_after_bytes } => {
                 self.store = None;

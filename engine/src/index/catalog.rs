@@ -424,6 +424,16 @@ impl Catalog {
         seq: u64,
         segment_id: u64,
     ) -> Result<()> {
+        self.guarded(|| self.insert_unguarded(attrs, location, seq, segment_id))
+    }
+
+    fn insert_unguarded(
+        &self,
+        attrs: InstanceAttrs,
+        location: InstanceLocation,
+        seq: u64,
+        segment_id: u64,
+    ) -> Result<()> {
         let mut state = self.write();
         let state = &mut *state;
         let sop = attrs.sop_instance_uid.clone();
@@ -465,6 +475,10 @@ impl Catalog {
     /// Removes an instance (deleted at `seq` by a record in segment `segment_id`). Returns
     /// whether it was indexed.
     pub fn remove(&self, sop_instance_uid: &str, seq: u64, segment_id: u64) -> Result<bool> {
+        self.guarded(|| self.remove_unguarded(sop_instance_uid, seq, segment_id))
+    }
+
+    fn remove_unguarded(&self, sop_instance_uid: &str, seq: u64, segment_id: u64) -> Result<bool> {
         let mut state = self.write();
         let state = &mut *state;
         let mut found: Option<(String, String)> = None;
@@ -564,6 +578,14 @@ impl Catalog {
     /// records) and removals (their tombstones). An instance that replaces an older indexed
     /// copy, and a tombstone of an indexed instance, become removals in the run.
     pub fn add_segment_run(
+        &self,
+        segment_id: u64,
+        records: impl IntoIterator<Item = SegmentRecord>,
+    ) -> Result<RunCounts> {
+        self.guarded(|| self.add_segment_run_unguarded(segment_id, records))
+    }
+
+    fn add_segment_run_unguarded(
         &self,
         segment_id: u64,
         records: impl IntoIterator<Item = SegmentRecord>,
@@ -756,6 +778,10 @@ impl Catalog {
     /// the merged run unless it includes the oldest run (then no older row is left for them
     /// to hide). Queries keep using the old runs until the switch.
     pub fn merge_newest(&self, k: usize) -> Result<RunCounts> {
+        self.guarded(|| self.merge_newest_unguarded(k))
+    }
+
+    fn merge_newest_unguarded(&self, k: usize) -> Result<RunCounts> {
         // No freeze in between: the merged runs stay the newest, so the merged run's id
         // (the next one) keeps the order of sources on disk.
         let _maintenance = self.maintenance.lock().unwrap_or_else(|p| p.into_inner());
@@ -805,6 +831,35 @@ impl Catalog {
 
     /// Answers a query (see the module documentation).
     pub fn query(&self, query: &Query) -> Result<Hits> {
+        self.guarded(|| self.query_unguarded(query))
+    }
+
+    /// Runs a read of the runs guarded against media errors (`crate::io::media`): a page of
+    /// a run the device cannot deliver is an `IndexCorruption` of that run (which the store
+    /// sets aside and rebuilds from the segments), not a crash.
+    fn guarded<R>(&self, read: impl FnOnce() -> Result<R>) -> Result<R> {
+        match crate::io::media::guarded(read) {
+            Ok(result) => result,
+            Err(address) => {
+                let state = self.read();
+                let file = state
+                    .runs
+                    .iter()
+                    .find(|(_, run)| run.contains_address(address))
+                    .map(|(_, run)| run.path().display().to_string())
+                    .unwrap_or_default();
+                Err(Error::IndexCorruption {
+                    file,
+                    offset: 0,
+                    reason: format!(
+                        "media error: the device could not deliver the page at address {address:#x} (SIGBUS)"
+                    ),
+                })
+            }
+        }
+    }
+
+    fn query_unguarded(&self, query: &Query) -> Result<Hits> {
         let state = self.read();
         let sources: Vec<Source<'_>> = std::iter::once(Source::Mem(&state.mem))
             .chain(state.runs.iter().rev().map(|(_, r)| Source::Run(r)))
@@ -839,6 +894,10 @@ impl Catalog {
 
     /// The newest live copy of an instance.
     pub fn instance(&self, sop_instance_uid: &str) -> Result<Option<InstanceHit>> {
+        self.guarded(|| self.instance_unguarded(sop_instance_uid))
+    }
+
+    fn instance_unguarded(&self, sop_instance_uid: &str) -> Result<Option<InstanceHit>> {
         let state = self.read();
         if let Some(m) = state.mem.instances.get(sop_instance_uid) {
             return Ok(Some(InstanceHit {
@@ -872,6 +931,10 @@ impl Catalog {
     /// in-memory part's instances): the catalog's lock is not held while the runs are read,
     /// so stores and deletes go on meanwhile. Memory beyond that copy: one study's instances.
     pub fn for_each_study(&self, visit: &mut dyn FnMut(&StudyMembers)) -> Result<()> {
+        self.guarded(|| self.for_each_study_unguarded(visit))
+    }
+
+    fn for_each_study_unguarded(&self, visit: &mut dyn FnMut(&StudyMembers)) -> Result<()> {
         let (runs, dead, mut mem) = {
             let state = self.read();
             let runs: Vec<Arc<Run>> = state.runs.iter().rev().map(|(_, r)| r.clone()).collect();

@@ -1028,7 +1028,7 @@ impl RunScrub {
 /// An open run (see the module documentation).
 pub struct Run {
     path: PathBuf,
-    map: Mmap,
+    map: crate::io::uring::RegisteredMap,
     seq_max: u64,
     counts: RunCounts,
     sections: [(u64, u64); SECTION_COUNT],
@@ -1067,6 +1067,8 @@ impl Run {
         // trusted.
         let map =
             unsafe { Mmap::map(&file) }.map_err(|e| Error::io("map index run", name.clone(), e))?;
+        // A page the device cannot deliver is an error of the guarded query, not a crash.
+        let map = crate::io::uring::RegisteredMap::new(map);
         let bad = |offset: u64, reason: String| Error::IndexCorruption {
             file: name.clone(),
             offset,
@@ -1191,6 +1193,12 @@ impl Run {
             crc_at,
             verified,
         })
+    }
+
+    /// Whether `address` lies in this run's mapping.
+    pub fn contains_address(&self, address: usize) -> bool {
+        let start = self.map.as_ptr() as usize;
+        address >= start && address < start + self.map.len()
     }
 
     pub fn path(&self) -> &Path {

@@ -11,6 +11,7 @@
 
 mod aligned;
 pub mod fault;
+pub mod media;
 pub mod sim;
 pub mod uring;
 

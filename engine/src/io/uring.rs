@@ -139,6 +139,30 @@ fn run_one(entry: squeue::Entry) -> io::Result<usize> {
     })
 }
 
+/// Creates `dir` and any missing ancestors, and makes each new name durable (an fsync of the
+/// parent that holds it): without that, a power cut on a new node can take the data directory
+/// away with every put acknowledged in it.
+fn create_dir_durably(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(path) = at {
+        if path.as_os_str().is_empty() || path.exists() {
+            break;
+        }
+        missing.push(path);
+        at = path.parent();
+    }
+    fs::create_dir_all(dir)?;
+    for created in missing.iter().rev() {
+        let parent = match created.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// A directory on a local file system, locked against a second process.
 pub struct UringStorage {
     dir: PathBuf,
@@ -151,7 +175,7 @@ impl UringStorage {
     /// Opens (creating if needed) `dir`. With `direct_io`, segment writes bypass the page cache
     /// (`O_DIRECT`) and must be 4096-aligned; see `docs/format.md` for why that is the default.
     pub fn open(dir: &Path, direct_io: bool) -> io::Result<Self> {
-        fs::create_dir_all(dir)?;
+        create_dir_durably(dir)?;
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -252,6 +276,31 @@ impl Storage for UringStorage {
     }
 }
 
+/// A file mapping registered for media-error handling ([`super::media`]): a page the
+/// device cannot deliver becomes an error of the guarded read, not a crash.
+pub(crate) struct RegisteredMap {
+    // Declared first: unregistered before the mapping goes away.
+    _registration: super::media::Registration,
+    map: memmap2::Mmap,
+}
+
+impl RegisteredMap {
+    pub(crate) fn new(map: memmap2::Mmap) -> Self {
+        RegisteredMap {
+            _registration: super::media::register(&map),
+            map,
+        }
+    }
+}
+
+impl std::ops::Deref for RegisteredMap {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
 struct UringFile {
     name: String,
     /// Opened with `O_DIRECT` when the storage uses direct I/O.
@@ -287,7 +336,7 @@ impl StorageFile for UringFile {
         // records, directories) between large objects, and readahead around each would read
         // the whole segment. Large reads ask for their range ([`Mapping::will_need`]).
         map.advise(memmap2::Advice::Random)?;
-        Ok(Mapping::new(Arc::new(map)))
+        Ok(Mapping::new(Arc::new(RegisteredMap::new(map))))
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {

@@ -121,8 +121,33 @@ pub struct RecordRef {
     pub body_start: u64,
 }
 
+/// Runs `read` of segment bytes guarded against media errors when the segment is mapped
+/// ([`crate::io::media`]): a page the device cannot deliver is an error naming the record.
+fn guarded<R>(segment: &SegmentHandle, offset: u64, read: impl FnOnce() -> Result<R>) -> Result<R> {
+    if !segment.is_sealed() {
+        return read();
+    }
+    match crate::io::media::guarded(read) {
+        Ok(result) => result,
+        Err(address) => Err(media_error(segment.id, offset, address)),
+    }
+}
+
+/// The error of a read that met a media fault at `address` in segment `segment_id`.
+pub(crate) fn media_error(segment_id: u64, offset: u64, address: usize) -> Error {
+    Error::corruption(
+        segment_id,
+        offset,
+        format!("media error: the device could not deliver the page at address {address:#x} (SIGBUS); the page now reads as zeros"),
+    )
+}
+
 /// Reads and verifies the header, key and checksum table of the record at `offset`.
 pub fn read_record(segment: &SegmentHandle, offset: u64) -> Result<RecordRef> {
+    guarded(segment, offset, || read_record_unguarded(segment, offset))
+}
+
+fn read_record_unguarded(segment: &SegmentHandle, offset: u64) -> Result<RecordRef> {
     let fixed = segment.bytes(offset, RECORD_HEADER_BYTES)?;
     let header = RecordHeader::parse(&fixed, segment.id, offset)
         .map_err(|e| Error::corruption(segment.id, offset, e.to_string()))?;
@@ -140,6 +165,17 @@ pub fn read_record(segment: &SegmentHandle, offset: u64) -> Result<RecordRef> {
 /// Calls `f` with the verified bytes of `range` (relative to the body) of `record`, in
 /// order, in pieces. Only the blocks the range touches are read and checked.
 pub fn visit_body(
+    segment: &SegmentHandle,
+    record: &RecordRef,
+    range: Range<u64>,
+    f: &mut dyn FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
+    guarded(segment, record.header.offset, || {
+        visit_body_unguarded(segment, record, range, f)
+    })
+}
+
+fn visit_body_unguarded(
     segment: &SegmentHandle,
     record: &RecordRef,
     range: Range<u64>,

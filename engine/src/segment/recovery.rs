@@ -130,6 +130,12 @@ pub fn sealed_directory(segment: &super::reader::SegmentHandle) -> Result<Vec<Di
 /// The findable records of a sealed segment: its directory, or, when the directory cannot be
 /// trusted, a scan of its records (as opening does; the damage was reported then).
 pub fn sealed_entries(segment: &super::reader::SegmentHandle) -> Result<Vec<DirEntry>> {
+    // A page the device cannot deliver reads as zeros: the directory then fails its check
+    // and the scan reports the records on that page as damage.
+    crate::io::media::guarded_keeping(|| sealed_entries_unguarded(segment)).0
+}
+
+fn sealed_entries_unguarded(segment: &super::reader::SegmentHandle) -> Result<Vec<DirEntry>> {
     match sealed_directory(segment) {
         Ok(entries) => Ok(entries),
         Err(Error::Corruption { .. }) => {
@@ -204,7 +210,10 @@ pub(crate) fn recover(
             Ok(h) => Some(format!("segment header names segment {}", h.segment_id)),
             Err(reason) => Some(reason),
         };
-        if header_problem.is_some() && map.iter().all(|&b| b == 0) {
+        // A page the device cannot deliver reads as zeros: never take that for a file no
+        // one wrote (and remove it).
+        let never_written = crate::io::media::guarded(|| map.iter().all(|&b| b == 0)) == Ok(true);
+        if header_problem.is_some() && never_written {
             // A crash while the segment was being created: nothing was ever written to it.
             drop(handle);
             drop(map);
