@@ -1446,7 +1446,7 @@ mod tests {
                 let image = m.image("f").unwrap();
                 let nines: Vec<usize> = (0..8192).filter(|&i| image[i] == 9).collect();
                 let contiguous_prefix = nines.iter().enumerate().all(|(i, &at)| i == at);
-                if contiguous_prefix && nines.len() % 512 != 0 {
+                if contiguous_prefix && !nines.len().is_multiple_of(512) {
                     odd = true;
                 }
                 if !contiguous_prefix {

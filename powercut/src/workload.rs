@@ -62,8 +62,10 @@ pub struct Mix {
     pub putters: usize,
     pub streamers: usize,
     pub compactors: usize,
-    /// A putter pauses this long after each object, a streamer twice as long. The file
-    /// system takes ~400 MB/s; unpaced writers outrun compaction and fill memory.
+    /// A putter pauses this long after each object, a streamer twice as long, and a
+    /// streamer 0 to 3 times as long after each piece (a slow client, so streams stay in
+    /// flight across seals and compactions). The file system takes ~400 MB/s; unpaced
+    /// writers outrun compaction and fill memory.
     pub pause_ms: u64,
 }
 

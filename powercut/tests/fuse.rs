@@ -202,6 +202,7 @@ fn fallocate_truncate_statfs_and_large_directories_work() {
     fs.client.cut(6, CutPolicy::LoseAll).unwrap();
     assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
 
+    // SAFETY: statvfs is plain old data; all zeros is a valid value of it.
     let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
     let c_path = std::ffi::CString::new(fs.mount().as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: a valid path and a valid out-pointer.

@@ -84,6 +84,8 @@ fn streamer(
                 .write(&bytes[at..at + n])
                 .with_context(|| format!("stream {key} at {at}"))?;
             at += n;
+            // A slow client: the stream stays in flight across seals and compactions.
+            std::thread::sleep(pause * rng.below(4) as u32);
         }
         stream.finish().with_context(|| format!("finish {key}"))?;
         acks.line(&format!("PUT {key}"))?;
