@@ -70,6 +70,10 @@ pub struct CompactReport {
     pub bytes_after: u64,
     pub objects_moved: u64,
     pub tombstones_moved: u64,
+    /// Segments that qualified but hold chunks of uploads still in flight: left for a later
+    /// compaction.
+    #[serde(default)]
+    pub segments_in_use: Vec<u64>,
     pub seconds: f64,
     pub dry_run: bool,
 }
@@ -119,6 +123,12 @@ impl CompactReport {
                 self.tombstones_moved,
                 self.seconds
             ));
+            if !self.segments_in_use.is_empty() {
+                out.push_str(&format!(
+                    "left for later: segments {:?} hold parts of uploads still in progress\n",
+                    self.segments_in_use
+                ));
+            }
         }
         out
     }
@@ -180,12 +190,13 @@ pub fn run(
     );
     let detail = match &compacted {
         Ok(c) => format!(
-            "segments_removed={} segments_written={} bytes_before={} bytes_after={} objects_moved={}",
+            "segments_removed={} segments_written={} bytes_before={} bytes_after={} objects_moved={} segments_in_use={}",
             c.segments_removed.len(),
             c.segments_written.len(),
             c.bytes_before,
             c.bytes_after,
-            c.objects_moved
+            c.objects_moved,
+            c.segments_in_use.len()
         ),
         Err(e) => format!("error={e}"),
     };
@@ -202,6 +213,7 @@ pub fn run(
     report.bytes_after = compacted.bytes_after;
     report.objects_moved = compacted.objects_moved;
     report.tombstones_moved = compacted.tombstones_moved;
+    report.segments_in_use = compacted.segments_in_use;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }

@@ -3,7 +3,7 @@
 //! nothing expired before its rule allows.
 
 use crate::dicomweb::{
-    audit, audit_records, curl, image, parts_of, serve_refused, stow, Server, CT,
+    audit, audit_records, curl, image, parts_of, serve_refused, stow, stow_with, Server, CT,
 };
 use std::path::Path;
 use std::process::Command;
@@ -190,6 +190,86 @@ fn compaction_runs_online_while_clients_read_and_write() {
         let got = curl(&[&server.url(&url_of(i))], None);
         assert!(parts_of(&got)[0] == *bytes, "instance {i} after restart");
     }
+}
+
+/// The loss issue 15 opened with: a 40 MiB STOW-RS upload from a slow client (4 MB/s) fills a
+/// 16 MiB segment with chunks that no index entry names yet, and `kuvasto compact` runs
+/// against the server meanwhile. That segment is left alone (reported as in use), the upload
+/// commits, and WADO-RS serves it byte for byte, also after a restart. (Before the fix the
+/// segment was taken for garbage and removed: WADO-RS answered 200 with an empty body.)
+#[test]
+fn compaction_leaves_the_chunks_of_an_upload_in_flight() {
+    let server = Server::start(&["--segment-size-mib", "16"]);
+    let (study, sop) = ("2.25.7150", "2.25.7150.9.1");
+    let big = image(CT, sop, study, 1024, 1024, 40);
+    let data = server.dir.path().join("data");
+    let (upload, report, in_flight_after) = std::thread::scope(|scope| {
+        let upload =
+            scope.spawn(|| stow_with(&server, "/studies", &[&big], &["--limit-rate", "4M"]));
+        // The event: segment 1 sealed by the upload's own chunks (the writer created 2).
+        let second = data.join("seg-0000000000000002.kvs");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !second.exists() {
+            assert!(
+                !upload.is_finished(),
+                "the upload ended before filling a segment"
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "segment 1 was never sealed"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let (report, out) = kuvasto_json(
+            &[
+                "compact",
+                "--profile",
+                "standalone",
+                "--segment-size-mib",
+                "16",
+            ],
+            &data,
+        );
+        assert!(out.status.success(), "{out:?}");
+        let in_flight_after = !upload.is_finished();
+        (upload.join().expect("upload"), report, in_flight_after)
+    });
+    assert!(
+        in_flight_after,
+        "the upload was still in flight when compaction ended"
+    );
+    assert_eq!(
+        upload.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&upload.body)
+    );
+    let url = server.url(&format!(
+        "/studies/{study}/series/{study}.8.1/instances/{sop}"
+    ));
+    let got = curl(&[&url], None);
+    assert_eq!(got.status, 200);
+    assert!(
+        parts_of(&got).first() == Some(&big),
+        "the upload is served whole: {} bytes in {} parts ({report})",
+        got.body.len(),
+        parts_of(&got).len()
+    );
+    assert_eq!(
+        report["segments_in_use"],
+        serde_json::json!([1]),
+        "{report}"
+    );
+    let (status, dir) = server.stop();
+    assert!(status.success());
+    let server = Server::start_in(dir, &["--segment-size-mib", "16"]);
+    let got = curl(
+        &[&server.url(&format!(
+            "/studies/{study}/series/{study}.8.1/instances/{sop}"
+        ))],
+        None,
+    );
+    assert!(parts_of(&got)[0] == big, "served whole after a restart");
 }
 
 /// `common()` dates every study 2026-11-25; these tests need other dates.

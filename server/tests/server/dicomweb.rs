@@ -439,19 +439,24 @@ impl<'a, I: Iterator<Item = &'a str>> LastStatus for I {
 }
 
 pub(crate) fn stow(server: &Server, path: &str, parts: &[&[u8]]) -> Reply {
+    stow_with(server, path, parts, &[])
+}
+
+/// [`stow`] with extra curl arguments (e.g. `--limit-rate 4M`, a slow client).
+pub(crate) fn stow_with(server: &Server, path: &str, parts: &[&[u8]], extra: &[&str]) -> Reply {
     let body = multipart(parts, "KUVASTO-TEST-BOUNDARY");
-    curl(
-        &[
-            "-X",
-            "POST",
-            "-H",
-            "Content-Type: multipart/related; type=\"application/dicom\"; boundary=KUVASTO-TEST-BOUNDARY",
-            "-H",
-            "Accept: application/dicom+json",
-            &server.url(path),
-        ],
-        Some(&body),
-    )
+    let url = server.url(path);
+    let mut args = vec![
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: multipart/related; type=\"application/dicom\"; boundary=KUVASTO-TEST-BOUNDARY",
+        "-H",
+        "Accept: application/dicom+json",
+    ];
+    args.extend_from_slice(extra);
+    args.push(&url);
+    curl(&args, Some(&body))
 }
 
 /// The parts of a multipart response.
