@@ -79,6 +79,12 @@ impl FaultyStorage {
     }
 
     /// Whether the crash point was reached.
+    /// Makes the next `sync_data` call fail with EIO (and only that one).
+    pub fn fail_next_sync(&self) {
+        let mut state = lock(&self.state);
+        state.plan.fail_sync_at = Some(state.syncs);
+    }
+
     pub fn is_dead(&self) -> bool {
         lock(&self.state).dead
     }
