@@ -752,6 +752,11 @@ impl Store {
     pub fn delete(&self, namespace: Namespace, key: &[u8]) -> Result<Option<Committed>> {
         Self::check_key(key)?;
         Self::check_namespace(namespace)?;
+        // A poisoned store may hold bytes of a put that failed (its outcome unknown, the key
+        // not in the index): "nothing to delete" would be a promise the next open breaks.
+        if let Some(cause) = self.shared.poisoned() {
+            return Err(Error::Poisoned { cause });
+        }
         match self.shared.read_index().get(namespace, key) {
             None => return Ok(None),
             Some(e) if e.kind == RecordKind::Tombstone => return Ok(None),
