@@ -3,25 +3,35 @@
 //! The child process (`powercut_child`) runs a [`Mix`] of threads on one store: putters
 //! (`Store::put` of small, multi-chunk and large objects, deleting three in five again),
 //! streamers (`Store::put_stream` in uneven pieces, several chunks each, deleting every
-//! other one again, so streams cross segment boundaries with the small segments of [`store_config`]) and one compactor
-//! (`Store::compact` with a garbage ratio of 0.3, in a loop). Every object's bytes derive
-//! from its key ([`object_spec`]), so anything found later can be checked.
+//! other one again, so streams cross segment boundaries with the small segments of
+//! [`store_config`]), instancers (`Store::put_instance` of small CT instances in uneven
+//! pieces, `Store::delete_instance` of one in three) and one compactor (`Store::compact`
+//! with a garbage ratio of 0.3, in a loop). Every object's bytes derive from its key
+//! ([`object_spec`]) and every instance's from its SOP Instance UID
+//! ([`kuvasto_tests::workload_instance`]: one of four test patients, two studies each), so
+//! anything found later can be checked.
 //!
 //! The ack log lives on the real disk. A line is appended only *after* the store
 //! acknowledged the operation: `PUT key`; `DELETING key` before a delete and `DEL key`
-//! after it; `COMPACTING` when a compaction starts copying and `COMPACTED ...` when it
-//! removed segments (markers for the harness, not promises). [`expectations`] turns the log
-//! into what must hold after a cut and [`check`] holds a reopened store to it.
-//!
-//! Extension point, DICOM instances: add a [`Role`] whose thread stores Part-10 instances
-//! with `Store::put_instance` (bytes derived from the SOP Instance UID, as objects derive
-//! from their keys) and logs `IPUT uid` after `finish`; teach [`Line`] that verb and
-//! [`check`] to require `Store::instance_metadata(uid)` and the object's bytes for it, and a
-//! catalog query to find it. The log, the harness loop and the cut need no change.
+//! after it; `IPUTTING uid` before an instance put and `IPUT uid` after it; `IDELETING uid`
+//! and `IDEL uid` around an instance delete; `COMPACTING` when a compaction starts copying
+//! and `COMPACTED ...` when it removed segments (markers for the harness, not promises).
+//! [`expectations`] and [`instance_expectations`] turn the log into what must hold after a
+//! cut and [`check`] holds a reopened store to it: objects byte for byte, and for instances
+//! [`kuvasto_tests::check_instances`] — each acknowledged instance's object byte for byte,
+//! `Store::instance_metadata` naming that object's seq, its catalog row by SOP Instance UID
+//! with the right attributes; each acknowledged instance delete with no object, metadata or
+//! row; and each test patient's catalog listing (and its studies' instance counts) exactly
+//! the instances present: every acknowledged one, in-doubt ones only whole.
 
 use kuvasto_engine::{CompactOptions, Namespace, Store, StoreConfig};
-use kuvasto_tests::{content, crash_object};
+use kuvasto_tests::{
+    check_instances, content, crash_object, describe_difference, instance_ack, is_instance_key,
+    InstanceCheck, InstanceExpect,
+};
 use std::collections::BTreeMap;
+
+pub use kuvasto_tests::Finding;
 
 /// The store configuration of the child and of the check: 8 MiB segments (several seal per
 /// cycle), 64 KiB put buffers (objects from 64 KiB on are several chunks), small batches.
@@ -52,6 +62,9 @@ pub enum Role {
     Putter,
     /// `Store::put_stream` in uneven pieces (`c{cycle}-s{thread}-{i}`); deletes some.
     Streamer,
+    /// `Store::put_instance` of CT instances ([`instance_uid`]); `Store::delete_instance` of
+    /// some.
+    Instancer,
     /// `Store::compact` in a loop.
     Compactor,
 }
@@ -61,10 +74,11 @@ pub enum Role {
 pub struct Mix {
     pub putters: usize,
     pub streamers: usize,
+    pub instancers: usize,
     pub compactors: usize,
-    /// A putter pauses this long after each object, a streamer twice as long, and a
-    /// streamer 0 to 3 times as long after each piece (a slow client, so streams stay in
-    /// flight across seals and compactions). The file system takes ~400 MB/s; unpaced
+    /// A putter and an instancer pause this long after each object, a streamer twice as
+    /// long, and a streamer 0 to 3 times as long after each piece (a slow client, so streams
+    /// stay in flight across seals and compactions). The file system takes ~400 MB/s; unpaced
     /// writers outrun compaction and fill memory.
     pub pause_ms: u64,
 }
@@ -74,6 +88,7 @@ impl Default for Mix {
         Mix {
             putters: 3,
             streamers: 2,
+            instancers: 1,
             compactors: 1,
             pause_ms: 4,
         }
@@ -84,14 +99,14 @@ impl std::fmt::Display for Mix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "--putters {} --streamers {} --compactors {} --pause-ms {}",
-            self.putters, self.streamers, self.compactors, self.pause_ms
+            "--putters {} --streamers {} --instancers {} --compactors {} --pause-ms {}",
+            self.putters, self.streamers, self.instancers, self.compactors, self.pause_ms
         )
     }
 }
 
-/// Parses the child's options (`--putters N --streamers N --compactors N --pause-ms N`, any
-/// subset; the rest default).
+/// Parses the child's options (`--putters N --streamers N --instancers N --compactors N
+/// --pause-ms N`, any subset; the rest default).
 impl std::str::FromStr for Mix {
     type Err = String;
     fn from_str(s: &str) -> Result<Mix, String> {
@@ -106,6 +121,7 @@ impl std::str::FromStr for Mix {
             match flag {
                 "--putters" => mix.putters = value as usize,
                 "--streamers" => mix.streamers = value as usize,
+                "--instancers" => mix.instancers = value as usize,
                 "--compactors" => mix.compactors = value as usize,
                 "--pause-ms" => mix.pause_ms = value,
                 other => return Err(format!("unknown option {other:?}")),
@@ -120,6 +136,7 @@ impl Mix {
     pub fn roles(&self) -> Vec<Role> {
         let mut roles = vec![Role::Putter; self.putters];
         roles.extend(std::iter::repeat_n(Role::Streamer, self.streamers));
+        roles.extend(std::iter::repeat_n(Role::Instancer, self.instancers));
         roles.extend(std::iter::repeat_n(Role::Compactor, self.compactors));
         roles
     }
@@ -144,12 +161,20 @@ pub fn object_bytes(key: &str) -> Vec<u8> {
     content(seed, len)
 }
 
+/// The SOP Instance UID of instancer `thread`'s `i`th instance in `cycle` (the instance
+/// itself is [`kuvasto_tests::workload_instance`] of it).
+pub fn instance_uid(cycle: u64, thread: usize, i: u64) -> String {
+    format!("1.2.15.10.{cycle}.{thread}.{i}")
+}
+
 /// One line of the ack log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Line {
     Put(String),
     Deleting(String),
     Deleted(String),
+    /// `IPUTTING`, `IPUT`, `IDELETING` or `IDEL` of a SOP Instance UID.
+    Instance(String, InstanceExpect),
     Compacting,
     Compacted,
     /// A line cut short by the kill, or a verb this build does not know.
@@ -158,6 +183,9 @@ pub enum Line {
 
 impl Line {
     pub fn parse(line: &str) -> Line {
+        if let Some((uid, expect)) = instance_ack(line) {
+            return Line::Instance(uid.to_string(), expect);
+        }
         match line.split_once(' ') {
             Some(("PUT", key)) => Line::Put(key.to_string()),
             Some(("DELETING", key)) => Line::Deleting(key.to_string()),
@@ -184,11 +212,7 @@ pub enum Expect {
 /// ending in a newline count: a line the kill cut short was never acknowledged.
 pub fn expectations(log: &str) -> BTreeMap<String, Expect> {
     let mut expect = BTreeMap::new();
-    let complete = match log.rfind('\n') {
-        Some(end) => &log[..end],
-        None => "",
-    };
-    for line in complete.lines() {
+    for line in complete_lines(log).lines() {
         match Line::parse(line) {
             Line::Put(key) => {
                 expect.insert(key, Expect::Present);
@@ -199,28 +223,30 @@ pub fn expectations(log: &str) -> BTreeMap<String, Expect> {
             Line::Deleted(key) => {
                 expect.insert(key, Expect::Deleted);
             }
-            Line::Compacting | Line::Compacted | Line::Other => {}
+            Line::Instance(..) | Line::Compacting | Line::Compacted | Line::Other => {}
         }
     }
     expect
 }
 
-/// One broken promise.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finding {
-    pub key: String,
-    pub expected: String,
-    pub found: String,
+/// The log up to its last newline: a line the kill cut short was never acknowledged.
+fn complete_lines(log: &str) -> &str {
+    match log.rfind('\n') {
+        Some(end) => &log[..end],
+        None => "",
+    }
 }
 
-impl std::fmt::Display for Finding {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}: expected {}, found {}",
-            self.key, self.expected, self.found
-        )
+/// What the ack log promises, instance by instance (the last line wins): `IPUT` present,
+/// `IDEL` deleted, `IPUTTING` or `IDELETING` without its acknowledgement in doubt.
+pub fn instance_expectations(log: &str) -> BTreeMap<String, InstanceExpect> {
+    let mut expect = BTreeMap::new();
+    for line in complete_lines(log).lines() {
+        if let Line::Instance(uid, what) = Line::parse(line) {
+            expect.insert(uid, what);
+        }
     }
+    expect
 }
 
 /// What [`check`] found.
@@ -241,20 +267,26 @@ pub struct CheckReport {
     pub resurrected: Vec<Finding>,
     /// Objects that read back wrong, or fail to read.
     pub corrupted: Vec<Finding>,
+    /// The instances: acknowledged puts and deletes, in-doubt ones, the catalog.
+    pub instances: InstanceCheck,
 }
 
 impl CheckReport {
-    /// Every finding, lost first.
+    /// Every finding, lost first, the instances' after the objects'.
     pub fn findings(&self) -> impl Iterator<Item = (&'static str, &Finding)> {
         self.lost
             .iter()
             .map(|f| ("lost", f))
             .chain(self.resurrected.iter().map(|f| ("resurrected", f)))
             .chain(self.corrupted.iter().map(|f| ("corrupted", f)))
+            .chain(self.instances.findings())
     }
 
     pub fn is_clean(&self) -> bool {
-        self.lost.is_empty() && self.resurrected.is_empty() && self.corrupted.is_empty()
+        self.lost.is_empty()
+            && self.resurrected.is_empty()
+            && self.corrupted.is_empty()
+            && self.instances.is_clean()
     }
 }
 
@@ -270,21 +302,17 @@ fn read_and_compare(store: &Store, key: &str) -> Result<Option<()>, String> {
     if bytes == want {
         return Ok(Some(()));
     }
-    let first_difference = bytes
-        .iter()
-        .zip(&want)
-        .position(|(a, b)| a != b)
-        .unwrap_or(bytes.len().min(want.len()));
-    Err(format!(
-        "{} bytes differing from byte {first_difference} on (expected {} bytes)",
-        bytes.len(),
-        want.len()
-    ))
+    Err(describe_difference(&bytes, &want))
 }
 
-/// Holds a reopened store to the ack log's promises, and checks every other object it
-/// holds byte for byte.
-pub fn check(store: &Store, expect: &BTreeMap<String, Expect>) -> CheckReport {
+/// Holds a reopened store to the ack log's promises — objects ([`expectations`]) and
+/// instances ([`instance_expectations`], checked by [`kuvasto_tests::check_instances`]) —
+/// and checks every other object it holds byte for byte.
+pub fn check(
+    store: &Store,
+    expect: &BTreeMap<String, Expect>,
+    instances: &BTreeMap<String, InstanceExpect>,
+) -> CheckReport {
     let mut report = CheckReport::default();
     let finding = |key: &str, expected: &str, found: String| Finding {
         key: key.to_string(),
@@ -315,7 +343,8 @@ pub fn check(store: &Store, expect: &BTreeMap<String, Expect>) -> CheckReport {
     }
     for key in store.keys(Namespace::OBJECT) {
         let key = String::from_utf8_lossy(&key).into_owned();
-        if expect.contains_key(&key) {
+        // Instances' objects are `check_instances`'s.
+        if expect.contains_key(&key) || is_instance_key(&key) {
             continue;
         }
         match read_and_compare(store, &key) {
@@ -328,6 +357,7 @@ pub fn check(store: &Store, expect: &BTreeMap<String, Expect>) -> CheckReport {
             )),
         }
     }
+    report.instances = check_instances(store, instances);
     report
 }
 
@@ -355,6 +385,35 @@ mod tests {
     }
 
     #[test]
+    fn instance_lines_promise_present_deleted_or_in_doubt() {
+        let log = "IPUTTING 1.2.1\nIPUT 1.2.1\nIPUTTING 1.2.2\nIPUT 1.2.2\nIDELETING 1.2.1\n\
+                   IDEL 1.2.1\nIDELETING 1.2.2\nIPUTTING 1.2.3\nPUT c0-p0-1\nIPUTTING 1.2.4\n\
+                   IPUT 1.2.4";
+        let expect = instance_expectations(log);
+        let want: BTreeMap<String, InstanceExpect> = [
+            ("1.2.1", InstanceExpect::Deleted),
+            ("1.2.2", InstanceExpect::InDoubt),
+            ("1.2.3", InstanceExpect::InDoubt),
+            ("1.2.4", InstanceExpect::InDoubt),
+        ]
+        .into_iter()
+        .map(|(uid, e)| (uid.to_string(), e))
+        .collect();
+        assert_eq!(expect, want, "the last complete line wins");
+        assert_eq!(
+            expectations(log).into_iter().collect::<Vec<_>>(),
+            vec![("c0-p0-1".to_string(), Expect::Present)],
+            "instance lines promise nothing about plain objects"
+        );
+        assert_eq!(
+            Line::parse("IPUT 1.2.5"),
+            Line::Instance("1.2.5".into(), InstanceExpect::Present)
+        );
+        assert!(kuvasto_tests::is_instance_key(&instance_uid(3, 0, 7)));
+        assert!(!kuvasto_tests::is_instance_key("c3-p0-7"));
+    }
+
+    #[test]
     fn object_sizes_cover_chunks_and_streams() {
         let chunk = store_config(true).put_buffer_bytes;
         let puts: Vec<usize> = (0..200)
@@ -367,11 +426,27 @@ mod tests {
             .collect();
         assert!(streams.iter().all(|&l| l > chunk && l < 9 * chunk));
         assert_eq!(object_bytes("c1-s0-3"), object_bytes("c1-s0-3"));
-        assert_eq!(Mix::default().roles().len(), 6);
-        let mix: Mix = "--putters 1 --streamers 0 --pause-ms 9".parse().unwrap();
+        assert_eq!(Mix::default().roles().len(), 7);
         assert_eq!(
-            (mix.putters, mix.streamers, mix.compactors, mix.pause_ms),
-            (1, 0, 1, 9)
+            Mix::default()
+                .roles()
+                .iter()
+                .filter(|&&r| r == Role::Instancer)
+                .count(),
+            1
+        );
+        let mix: Mix = "--putters 1 --streamers 0 --instancers 2 --pause-ms 9"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            (
+                mix.putters,
+                mix.streamers,
+                mix.instancers,
+                mix.compactors,
+                mix.pause_ms
+            ),
+            (1, 0, 2, 1, 9)
         );
         assert_eq!(mix.to_string().parse::<Mix>().unwrap(), mix);
         assert!("--putters".parse::<Mix>().is_err());

@@ -1,12 +1,16 @@
 //! Power cuts under the real engine (issue 15). For each cycle: a child process ingests
 //! concurrently on the power-cut file system (puts of every size, streaming puts across
-//! segments, deletes, online compaction) until the ack log reaches a random length (or, in
-//! every other cycle, until after that a compaction is copying or has just removed its
-//! originals); it is killed with SIGKILL, power is cut (every unsynced write kept, lost or
-//! torn, at random from the cycle's seed), and the store is reopened on the file system's
-//! durable state. Every acknowledged put must
-//! read back byte for byte, every acknowledged delete must stay deleted, no other object may
-//! read back wrong, and recovery must report no corruption. Both `direct_io` modes run.
+//! segments, deletes, DICOM instance puts and deletes, online compaction) until the ack log
+//! reaches a random length (or, in every other cycle, until after that a compaction is
+//! copying or has just removed its originals); it is killed with SIGKILL, power is cut (every
+//! unsynced write kept, lost or torn, at random from the cycle's seed), and the store is
+//! reopened on the file system's durable state. Every acknowledged put must read back byte
+//! for byte, every acknowledged delete must stay deleted, no other object may read back
+//! wrong; every acknowledged instance must have its object byte for byte, its current
+//! metadata and its catalog row, every acknowledged instance delete must have left none of
+//! them, and each test patient's catalog listing must be exactly the instances present
+//! (`kuvasto_tests::check_instances`); recovery must report no corruption. Both `direct_io`
+//! modes run.
 //!
 //! `KUVASTO_POWERCUT_CYCLES` sets the cycles per mode; `KUVASTO_POWERCUT_SEED` the seed base
 //! (cycle `c` of mode `m` cuts with seed `base + 2c + m`, `m` = 1 for direct I/O, printed
@@ -17,7 +21,9 @@ mod common;
 use common::FsProcess;
 use kuvasto_engine::{Namespace, Store};
 use kuvasto_powercut::model::Rng;
-use kuvasto_powercut::workload::{check, expectations, object_bytes, store_config, Line};
+use kuvasto_powercut::workload::{
+    check, expectations, instance_expectations, object_bytes, store_config, Line,
+};
 use kuvasto_powercut::{CutPolicy, CutReport};
 use std::fmt::Write as _;
 use std::fs::File;
@@ -28,8 +34,9 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Cycles per mode unless `KUVASTO_POWERCUT_CYCLES` says otherwise: both modes together
-/// take about two minutes on 2 cores in a debug build (cycles get slower as the store grows:
-/// 30 per mode took 62 s, 50 took 148 s).
+/// take two to three minutes on 2 cores in a debug build (cycles get slower as the store
+/// grows: 30 per mode took 62 s, 50 took 148 s; 45 with the instancer 166 s on a busy
+/// machine).
 const CYCLES_DEFAULT: u64 = 45;
 const SEED_BASE_DEFAULT: u64 = 0x5EED_0000;
 /// Longest a child may take to reach its cycle's line target: longer is a hang.
@@ -148,9 +155,17 @@ struct ModeTotals {
     present_ok: usize,
     deleted_ok: usize,
     unacknowledged_present: usize,
+    instances_checked: usize,
+    last_instances_checked: usize,
+    instances_present_ok: usize,
+    instances_deleted_ok: usize,
+    instances_in_doubt_present: usize,
+    instances_in_doubt_absent: usize,
+    listed: usize,
     lost: usize,
     resurrected: usize,
     corrupted: usize,
+    catalog_mismatches: usize,
     torn_tails: usize,
     mid_compaction_kills: usize,
     after_compaction_kills: usize,
@@ -259,9 +274,17 @@ fn run_mode(direct_io: bool) {
         present_ok: 0,
         deleted_ok: 0,
         unacknowledged_present: 0,
+        instances_checked: 0,
+        last_instances_checked: 0,
+        instances_present_ok: 0,
+        instances_deleted_ok: 0,
+        instances_in_doubt_present: 0,
+        instances_in_doubt_absent: 0,
+        listed: 0,
         lost: 0,
         resurrected: 0,
         corrupted: 0,
+        catalog_mismatches: 0,
         torn_tails: 0,
         mid_compaction_kills: 0,
         after_compaction_kills: 0,
@@ -297,11 +320,13 @@ fn run_mode(direct_io: bool) {
         tail.rewind();
         let log = std::fs::read_to_string(&acks).expect("read the ack log");
         let expect = expectations(&log);
+        let instances = instance_expectations(&log);
         let store = Store::open(&data, store_config(direct_io)).unwrap_or_else(|e| {
             panic!("{mode} cycle {cycle} (seed {seed}, killed at {happened}): reopening after the cut failed: {e}\ncut: {cut}")
         });
         let report = store.recovery_report().clone();
-        let checked = check(&store, &expect);
+        let checked = check(&store, &expect, &instances);
+        let ichecked = &checked.instances;
         let segments = store.stats();
         drop(store);
 
@@ -311,16 +336,26 @@ fn run_mode(direct_io: bool) {
         totals.present_ok += checked.present_ok;
         totals.deleted_ok += checked.deleted_ok;
         totals.unacknowledged_present += checked.unacknowledged_present;
-        totals.lost += checked.lost.len();
-        totals.resurrected += checked.resurrected.len();
-        totals.corrupted += checked.corrupted.len();
+        totals.instances_checked += ichecked.checked;
+        totals.last_instances_checked = ichecked.checked;
+        totals.instances_present_ok += ichecked.present_ok;
+        totals.instances_deleted_ok += ichecked.deleted_ok;
+        totals.instances_in_doubt_present += ichecked.in_doubt_present;
+        totals.instances_in_doubt_absent += ichecked.in_doubt_absent;
+        totals.listed += ichecked.listed;
+        totals.lost += checked.lost.len() + ichecked.lost.len();
+        totals.resurrected += checked.resurrected.len() + ichecked.resurrected.len();
+        totals.corrupted += checked.corrupted.len() + ichecked.corrupted.len();
+        totals.catalog_mismatches += ichecked.catalog.len();
         totals.torn_tails += report.torn_tails.len();
         eprintln!(
             "powercut {mode} cycle {cycle} seed {seed}: killed at {happened}; {pending} bytes pending; \
              cut kept {} lost {} tore {} writes, kept {} lost {} dir changes; \
              {} torn tails cut, {} sealed at open; {} segments ({} sealed); \
              {} acknowledged checked ({} present, {} deleted); \
-             lost {}, resurrected {}, corrupted {}; {:.1} s",
+             {} instances checked ({} present, {} deleted, {} in doubt present, {} in doubt \
+             absent), {} listed; \
+             lost {}, resurrected {}, corrupted {}, catalog mismatches {}; {:.1} s",
             cut.writes_kept,
             cut.writes_lost,
             cut.writes_torn,
@@ -333,9 +368,16 @@ fn run_mode(direct_io: bool) {
             checked.checked,
             checked.present_ok,
             checked.deleted_ok,
-            checked.lost.len(),
-            checked.resurrected.len(),
-            checked.corrupted.len(),
+            ichecked.checked,
+            ichecked.present_ok,
+            ichecked.deleted_ok,
+            ichecked.in_doubt_present,
+            ichecked.in_doubt_absent,
+            ichecked.listed,
+            checked.lost.len() + ichecked.lost.len(),
+            checked.resurrected.len() + ichecked.resurrected.len(),
+            checked.corrupted.len() + ichecked.corrupted.len(),
+            ichecked.catalog.len(),
             cycle_started.elapsed().as_secs_f64(),
         );
         if !checked.is_clean() || !report.corruption.is_empty() {
@@ -359,9 +401,11 @@ fn run_mode(direct_io: bool) {
     let elapsed = run_started.elapsed().as_secs_f64();
     let held = fs.client.stats().expect("stats");
     eprintln!(
-        "powercut {mode}: the last check covered {} keys (every one the run acknowledged); \
+        "powercut {mode}: the last check covered {} keys and {} instances (every one the run \
+         acknowledged); \
          the file system holds {} MB in {} files, saw {} writes ({} MB), {} fsyncs, {} directory fsyncs",
         totals.last_checked,
+        totals.last_instances_checked,
         held.bytes >> 20,
         held.files,
         held.writes,
@@ -373,7 +417,9 @@ fn run_mode(direct_io: bool) {
         "powercut {mode}: {} cycles in {elapsed:.1} s ({:.1} s per cycle), kills: {} mid-compaction, \
          {} just after one; \
          {} acknowledged objects checked ({} present, {} deleted), {} unacknowledged found intact; \
-         lost {}, resurrected {}, corrupted {}; {} torn tails cut; \
+         {} instances checked ({} present, {} deleted, {} in doubt present, {} in doubt absent), \
+         {} catalog rows listed; \
+         lost {}, resurrected {}, corrupted {}, catalog mismatches {}; {} torn tails cut; \
          {} bytes pending at the cuts; cuts kept {} lost {} tore {} writes, kept {} lost {} sizes, \
          kept {} lost {} directory changes, dropped {} files",
         totals.cycles,
@@ -384,9 +430,16 @@ fn run_mode(direct_io: bool) {
         totals.present_ok,
         totals.deleted_ok,
         totals.unacknowledged_present,
+        totals.instances_checked,
+        totals.instances_present_ok,
+        totals.instances_deleted_ok,
+        totals.instances_in_doubt_present,
+        totals.instances_in_doubt_absent,
+        totals.listed,
         totals.lost,
         totals.resurrected,
         totals.corrupted,
+        totals.catalog_mismatches,
         totals.torn_tails,
         totals.pending_bytes_at_cuts,
         totals.cuts.writes_kept,
@@ -400,10 +453,20 @@ fn run_mode(direct_io: bool) {
     );
     assert_eq!(totals.cycles, cycles);
     assert_eq!(
-        (totals.lost, totals.resurrected, totals.corrupted),
-        (0, 0, 0)
+        (
+            totals.lost,
+            totals.resurrected,
+            totals.corrupted,
+            totals.catalog_mismatches
+        ),
+        (0, 0, 0, 0)
     );
     assert!(totals.checked > 0, "nothing was acknowledged");
+    assert!(
+        totals.instances_present_ok > 0 && totals.instances_deleted_ok > 0,
+        "the instancer acknowledged no instance put or no instance delete in {} cycles",
+        totals.cycles
+    );
 }
 
 #[test]

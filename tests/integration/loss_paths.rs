@@ -11,51 +11,17 @@
 //! - 7: half a delete;
 //! - 9: segment ids never reused (the io_uring completion tags are unit tests in the engine).
 
-use kuvasto_engine::dicom::explicit_le::encode_element as el;
-use kuvasto_engine::dicom::meta::encode_file_meta;
-use kuvasto_engine::dicom::Tag;
 use kuvasto_engine::index::attrs::{tags, Level};
 use kuvasto_engine::index::catalog::{Hits, Query};
 use kuvasto_engine::index::matching::{MatchOptions, MatchVr, Matcher};
 use kuvasto_engine::io::sim::SimStorage;
 use kuvasto_engine::io::Storage;
 use kuvasto_engine::{CompactOptions, Namespace, Store, StoreConfig};
-use kuvasto_tests::{content, small_config};
+use kuvasto_tests::{content, small_config, CtInstance};
 use std::path::Path;
 use std::sync::Arc;
 
 const NS: Namespace = Namespace::OBJECT;
-const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
-
-/// A CT instance whose header holds `private_bytes` of a private OB value before 2 KiB of
-/// native pixels; `patient_name` must have an even length.
-fn instance(sop: &str, patient_name: &str, private_bytes: usize) -> Vec<u8> {
-    assert_eq!(patient_name.len() % 2, 0);
-    let ui = |s: &str| {
-        let mut v = s.as_bytes().to_vec();
-        if v.len() % 2 == 1 {
-            v.push(0);
-        }
-        v
-    };
-    let data_set = [
-        el(tags::SOP_CLASS_UID, b"UI", &ui(CT)),
-        el(tags::SOP_INSTANCE_UID, b"UI", &ui(sop)),
-        el(tags::MODALITY, b"CS", b"CT"),
-        el(tags::PATIENT_NAME, b"PN", patient_name.as_bytes()),
-        el(tags::PATIENT_ID, b"LO", b"LOSS"),
-        el(tags::STUDY_INSTANCE_UID, b"UI", &ui("1.2.15.1")),
-        el(tags::SERIES_INSTANCE_UID, b"UI", &ui("1.2.15.1.1")),
-        el(tags::ROWS, b"US", &32u16.to_le_bytes()),
-        el(tags::COLUMNS, b"US", &32u16.to_le_bytes()),
-        el(tags::BITS_ALLOCATED, b"US", &16u16.to_le_bytes()),
-        el(Tag::new(0x0029, 0x0010), b"LO", b"KUVASTO TEST"),
-        el(Tag::new(0x0029, 0x1000), b"OB", &vec![0x5A; private_bytes]),
-        el(Tag::PIXEL_DATA, b"OW", &vec![7u8; 32 * 32 * 2]),
-    ]
-    .concat();
-    [encode_file_meta(CT, sop, "1.2.840.10008.1.2.1"), data_set].concat()
-}
 
 fn put_instance(store: &Store, bytes: &[u8]) -> kuvasto_engine::instances::InstanceStored {
     let mut put = store.put_instance();
@@ -229,7 +195,9 @@ fn a_replaced_instance_gets_the_metadata_of_its_new_bytes() {
     for round in 0..6 {
         let name = if round % 2 == 0 { "First^A" } else { "Other^B" };
         let name = format!("{name}{round}");
-        let bytes = instance(sop, &name, 1_500_000);
+        let bytes = CtInstance::new(sop, "LOSS", &name, "1.2.15.1", "1.2.15.1.1")
+            .with_private_bytes(1_500_000)
+            .encode();
         let stored = put_instance(&store, &bytes);
         let metadata = store
             .instance_metadata(sop)
@@ -256,8 +224,18 @@ fn a_rebuilt_catalog_does_not_resurrect_what_compaction_copied() {
         ..StoreConfig::default()
     };
     let store = Store::open(dir.path(), config.clone()).expect("open");
-    put_instance(&store, &instance("1.2.15.5.1", "Deleted^XY", 16));
-    put_instance(&store, &instance("1.2.15.5.2", "Before^X", 16));
+    put_instance(
+        &store,
+        &CtInstance::new("1.2.15.5.1", "LOSS", "Deleted^XY", "1.2.15.1", "1.2.15.1.1")
+            .with_private_bytes(16)
+            .encode(),
+    );
+    put_instance(
+        &store,
+        &CtInstance::new("1.2.15.5.2", "LOSS", "Before^X", "1.2.15.1", "1.2.15.1.1")
+            .with_private_bytes(16)
+            .encode(),
+    );
     for i in 0..30u64 {
         store
             .put(NS, format!("filler-{i}").as_bytes(), &content(i, 12_000))
@@ -268,7 +246,12 @@ fn a_rebuilt_catalog_does_not_resurrect_what_compaction_copied() {
     let during = |p: kuvasto_engine::CompactProgress| {
         if p.objects_done == 0 {
             store.delete_instance("1.2.15.5.1").expect("delete");
-            put_instance(&store, &instance("1.2.15.5.2", "After^XX", 16));
+            put_instance(
+                &store,
+                &CtInstance::new("1.2.15.5.2", "LOSS", "After^XX", "1.2.15.1", "1.2.15.1.1")
+                    .with_private_bytes(16)
+                    .encode(),
+            );
         }
     };
     store
@@ -308,7 +291,12 @@ fn a_damaged_metadata_record_does_not_block_opening() {
     let store = Store::open(dir.path(), config.clone()).expect("open");
     let sops: Vec<String> = (0..4).map(|i| format!("1.2.15.6.{i}")).collect();
     for sop in &sops {
-        put_instance(&store, &instance(sop, "Damage^Tests", 16));
+        put_instance(
+            &store,
+            &CtInstance::new(sop, "LOSS", "Damage^Tests", "1.2.15.1", "1.2.15.1.1")
+                .with_private_bytes(16)
+                .encode(),
+        );
     }
     let damaged = store
         .get(Namespace::METADATA, sops[1].as_bytes())
@@ -356,8 +344,18 @@ fn a_damaged_metadata_record_does_not_block_opening() {
 fn half_a_delete_is_finished() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path(), StoreConfig::default()).expect("open");
-    put_instance(&store, &instance("1.2.15.7.1", "Half^Del", 16));
-    put_instance(&store, &instance("1.2.15.7.2", "Half^Del", 16));
+    put_instance(
+        &store,
+        &CtInstance::new("1.2.15.7.1", "LOSS", "Half^Del", "1.2.15.1", "1.2.15.1.1")
+            .with_private_bytes(16)
+            .encode(),
+    );
+    put_instance(
+        &store,
+        &CtInstance::new("1.2.15.7.2", "LOSS", "Half^Del", "1.2.15.1", "1.2.15.1.1")
+            .with_private_bytes(16)
+            .encode(),
+    );
     // What the crash leaves: the object's tombstone only.
     store.delete(NS, b"1.2.15.7.1").expect("object tombstone");
     store.delete(NS, b"1.2.15.7.2").expect("object tombstone");
@@ -557,4 +555,59 @@ fn a_media_error_under_a_mapping_is_an_error_not_a_crash() {
         "{:?}",
         report.segment_damage
     );
+}
+
+/// Item 9: a store poisoned while a compaction copies (a failed fsync of the writer) is in an
+/// unknown state: the compaction switches nothing and removes no original.
+#[test]
+fn compaction_stops_on_a_store_poisoned_meanwhile() {
+    use kuvasto_engine::io::fault::{FaultPlan, FaultyStorage};
+    let sim = SimStorage::new(4096);
+    let faulty = FaultyStorage::new(Arc::new(sim.clone()), FaultPlan::default(), 1);
+    let storage: Arc<dyn Storage> = Arc::new(faulty.clone());
+    let store = Store::open_with(storage, small_config()).expect("open");
+    for i in 0..60u64 {
+        store
+            .put(NS, format!("k{i}").as_bytes(), &content(i, 12_000))
+            .expect("put");
+    }
+    for i in (0..60u64).step_by(2) {
+        store
+            .delete(NS, format!("k{i}").as_bytes())
+            .expect("delete");
+    }
+    let segments_before = sim.list().expect("list");
+    let during = |p: kuvasto_engine::CompactProgress| {
+        if p.objects_done == 0 {
+            faulty.fail_next_sync();
+            assert!(
+                store.put(NS, b"poisoner", b"x").is_err(),
+                "the fsync failed"
+            );
+            assert!(store.poisoned().is_some());
+        }
+    };
+    let result = store.compact_with_progress(
+        &CompactOptions {
+            garbage_ratio_min: 0.0,
+            ..CompactOptions::default()
+        },
+        &during,
+    );
+    assert!(
+        matches!(result, Err(kuvasto_engine::Error::Poisoned { .. })),
+        "{result:?}"
+    );
+    let segments_after = sim.list().expect("list");
+    for name in segments_before.iter().filter(|n| n.ends_with(".kvs")) {
+        assert!(segments_after.contains(name), "{name} was removed");
+    }
+    // Everything acknowledged still reads.
+    for i in (1..60u64).step_by(2) {
+        let got = store
+            .get(NS, format!("k{i}").as_bytes())
+            .expect("get")
+            .expect("present");
+        assert_eq!(got.read_all().expect("read"), content(i, 12_000));
+    }
 }

@@ -3,12 +3,15 @@
 //! *after* the store acknowledged it. See `kuvasto_powercut::workload`.
 //!
 //! Usage: powercut_child DATA_DIR ACK_FILE CYCLE DIRECT_IO(0|1) [--putters N] [--streamers N]
-//!        [--compactors N] [--pause-ms N]
+//!        [--instancers N] [--compactors N] [--pause-ms N]
 
 use anyhow::{bail, Context};
 use kuvasto_engine::{Namespace, Store};
 use kuvasto_powercut::model::Rng;
-use kuvasto_powercut::workload::{compact_options, object_bytes, store_config, Mix, Role};
+use kuvasto_powercut::workload::{
+    compact_options, instance_uid, object_bytes, store_config, Mix, Role,
+};
+use kuvasto_tests::{put_instance_in_pieces, workload_instance};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
@@ -96,6 +99,36 @@ fn streamer(
     Ok(())
 }
 
+fn instancer(
+    store: &Store,
+    acks: &AckLog,
+    cycle: u64,
+    thread: usize,
+    pause: Duration,
+) -> anyhow::Result<()> {
+    for i in 0u64.. {
+        std::thread::sleep(pause);
+        let sop = instance_uid(cycle, thread, i);
+        let bytes = workload_instance(&sop).encode();
+        // Logged before the put starts: whatever the store holds of it after the cut is
+        // then known to the check (in doubt until `IPUT`).
+        acks.line(&format!("IPUTTING {sop}"))?;
+        put_instance_in_pieces(store, &bytes, i ^ (cycle << 32) ^ ((thread as u64) << 48))
+            .with_context(|| format!("put_instance {sop}"))?;
+        acks.line(&format!("IPUT {sop}"))?;
+        // One in three is deleted again.
+        if i % 3 == 2 {
+            let victim = instance_uid(cycle, thread, i - 1);
+            acks.line(&format!("IDELETING {victim}"))?;
+            store
+                .delete_instance(&victim)
+                .with_context(|| format!("delete_instance {victim}"))?;
+            acks.line(&format!("IDEL {victim}"))?;
+        }
+    }
+    Ok(())
+}
+
 fn compactor(store: &Store, acks: &AckLog) -> anyhow::Result<()> {
     loop {
         let announced = AtomicBool::new(false);
@@ -123,7 +156,7 @@ fn main() -> anyhow::Result<()> {
     if args.len() < 5 {
         bail!(
             "usage: powercut_child DATA_DIR ACK_FILE CYCLE DIRECT_IO(0|1) [--putters N] \
-             [--streamers N] [--compactors N] [--pause-ms N]"
+             [--streamers N] [--instancers N] [--compactors N] [--pause-ms N]"
         );
     }
     let cycle: u64 = args[3].parse().context("CYCLE")?;
@@ -160,6 +193,7 @@ fn main() -> anyhow::Result<()> {
             let result = match role {
                 Role::Putter => putter(&store, &acks, cycle, thread, pause),
                 Role::Streamer => streamer(&store, &acks, cycle, thread, pause),
+                Role::Instancer => instancer(&store, &acks, cycle, thread, pause),
                 Role::Compactor => compactor(&store, &acks),
             };
             let _ = done.send((role, thread, result));
