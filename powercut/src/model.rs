@@ -50,32 +50,9 @@ impl Errno {
 /// What an operation returns.
 pub type FsResult<T> = Result<T, Errno>;
 
-/// SplitMix64: a cut replays exactly from its seed (given the same pending operations).
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..bound` (0 when `bound` is 0).
-    pub fn below(&mut self, bound: u64) -> u64 {
-        if bound == 0 {
-            0
-        } else {
-            self.next_u64() % bound
-        }
-    }
-}
+/// SplitMix64, the engine's simulated disk's generator: a cut replays exactly from its seed
+/// (given the same pending operations).
+pub use kuvasto_engine::io::sim::DetRng as Rng;
 
 /// How a cut treats what was not made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -386,7 +386,7 @@ impl Writer {
     }
 
     /// Receives until `done`, keeping appends for later.
-    fn wait_flushers(&mut self, done: fn(&Self) -> bool) {
+    fn wait_flushers(&mut self, done: impl Fn(&Self) -> bool) {
         while !done(self) {
             match self.rx.recv() {
                 Ok(Msg::FlusherIdle(n, buf)) => {
@@ -414,19 +414,12 @@ impl Writer {
     /// past the durable end was ever written, which is what recovery relies on.
     fn wait_within_torn_window(&mut self, batch_end: u64) {
         let window = self.shared.config.torn_window_bytes();
-        while let Some(active) = &self.active {
-            if batch_end.saturating_sub(active.segment.durable_end()) <= window || self.all_idle() {
-                return;
-            }
-            match self.rx.recv() {
-                Ok(Msg::FlusherIdle(n, buf)) => {
-                    self.idle.push(n);
-                    self.free.push(buf);
-                }
-                Ok(other) => self.deferred.push_back(other),
-                Err(_) => return,
-            }
-        }
+        self.wait_flushers(|w| {
+            w.all_idle()
+                || w.active.as_ref().is_none_or(|active| {
+                    batch_end.saturating_sub(active.segment.durable_end()) <= window
+                })
+        });
     }
 
     /// Hands the current batch to an idle flusher (one must be idle).
