@@ -55,19 +55,8 @@ pub fn compact_options() -> CompactOptions {
     }
 }
 
-/// What a workload thread does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Role {
-    /// `Store::put` of whole objects (`c{cycle}-p{thread}-{i}`); deletes some.
-    Putter,
-    /// `Store::put_stream` in uneven pieces (`c{cycle}-s{thread}-{i}`); deletes some.
-    Streamer,
-    /// `Store::put_instance` of CT instances ([`instance_uid`]); `Store::delete_instance` of
-    /// some.
-    Instancer,
-    /// `Store::compact` in a loop.
-    Compactor,
-}
+/// What a workload thread does (shared with the kill -9 test's child).
+pub use kuvasto_tests::workers::Role;
 
 /// How many threads of each role the child runs, and how fast they write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -298,6 +298,8 @@ fn fnv1a(s: &str) -> u64 {
 /// number, 16 × 16 (six in ten), 128 × 128 (three in ten: 32 KiB) or 384 × 384 (one in ten:
 /// 288 KiB, several put buffers) pixels from the UID's seed, and in one of three a private
 /// value, of 20 KB (a bulk value) every other time.
+pub mod workers;
+
 pub fn workload_instance(sop_instance_uid: &str) -> CtInstance {
     let seed = fnv1a(sop_instance_uid);
     let patient = (seed % 4) as usize;
