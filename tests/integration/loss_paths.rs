@@ -217,12 +217,7 @@ fn a_replaced_instance_gets_the_metadata_of_its_new_bytes() {
 #[test]
 fn a_rebuilt_catalog_does_not_resurrect_what_compaction_copied() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = StoreConfig {
-        segment_size_bytes_max: 256 << 10,
-        put_buffer_bytes: 32 << 10,
-        batch_bytes_max: 128 << 10,
-        ..StoreConfig::default()
-    };
+    let config = crate::instances::small_segments();
     let store = Store::open(dir.path(), config.clone()).expect("open");
     put_instance(
         &store,
@@ -282,12 +277,7 @@ fn a_rebuilt_catalog_does_not_resurrect_what_compaction_copied() {
 #[test]
 fn a_damaged_metadata_record_does_not_block_opening() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = StoreConfig {
-        segment_size_bytes_max: 256 << 10,
-        put_buffer_bytes: 32 << 10,
-        batch_bytes_max: 128 << 10,
-        ..StoreConfig::default()
-    };
+    let config = crate::instances::small_segments();
     let store = Store::open(dir.path(), config.clone()).expect("open");
     let sops: Vec<String> = (0..4).map(|i| format!("1.2.15.6.{i}")).collect();
     for sop in &sops {
