@@ -25,6 +25,7 @@ use kuvasto_powercut::workload::{
     check, expectations, instance_expectations, object_bytes, store_config, Line,
 };
 use kuvasto_powercut::{CutPolicy, CutReport};
+use kuvasto_tests::env_u64;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -51,17 +52,6 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
     ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(v) => match v.strip_prefix("0x") {
-            Some(hex) => u64::from_str_radix(hex, 16),
-            None => v.parse(),
-        }
-        .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-        Err(_) => default,
-    }
 }
 
 fn sync_dir(dir: &Path) {

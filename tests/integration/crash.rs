@@ -184,16 +184,7 @@ struct Totals {
 
 #[test]
 fn acknowledged_objects_and_instances_survive_kill_9() {
-    let env = |name: &str, default: u64| -> u64 {
-        match std::env::var(name) {
-            Ok(v) => match v.strip_prefix("0x") {
-                Some(hex) => u64::from_str_radix(hex, 16),
-                None => v.parse(),
-            }
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-            Err(_) => default,
-        }
-    };
+    let env = kuvasto_tests::env_u64;
     let cycles = env("KUVASTO_CRASH_CYCLES", 15);
     let seed = env("KUVASTO_CRASH_SEED", 0xDEAD_BEEF);
     let dir = tempfile::tempdir().expect("tempdir");

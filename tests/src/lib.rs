@@ -300,6 +300,19 @@ fn fnv1a(s: &str) -> u64 {
 /// value, of 20 KB (a bulk value) every other time.
 pub mod workers;
 
+/// A number from the environment variable `name` (decimal, or hex with `0x`), `default` when
+/// unset; a test setting (cycles, seeds), so anything else stops the test.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) => match v.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16),
+            None => v.parse(),
+        }
+        .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Err(_) => default,
+    }
+}
+
 pub fn workload_instance(sop_instance_uid: &str) -> CtInstance {
     let seed = fnv1a(sop_instance_uid);
     let patient = (seed % 4) as usize;
